@@ -1,0 +1,1 @@
+"""Models: blocks, token mixers, hierarchical and isotropic bodies."""

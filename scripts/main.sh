@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's main command: set up (or reuse) the environment and run the main job.
+#   scripts/main.sh [extra arguments for the main job]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${VIRTUAL_ENV:-$PWD/.venv}"
+exec "$VENV/bin/visbench" scan-bench --quick "$@"

@@ -1,0 +1,1 @@
+"""Datasets: ImageFolder (ImageNet), Fashion-MNIST from the Debian package, COCO-format detection sets."""
