@@ -1,0 +1,191 @@
+"""Scan orders: turn a 2-D map into K token sequences ("routes") and merge K outputs back.
+
+An order names the routes a sequence mixer (selective scan, causal attention) runs over a map:
+
+=========  ===  ==================================================================================
+order       K   routes, in this index order
+=========  ===  ==================================================================================
+causal      1   row-major (left to right, top to bottom)
+bidir       2   row-major, row-major reversed (Vim)
+cross2d     4   row-major, column-major, row-major reversed, column-major reversed (VMamba SS2D's
+                CrossScan / CrossMerge)
+=========  ===  ==================================================================================
+
+``split(x, order)`` maps (B, C, H, W) to (B, K, C, H*W); ``merge(y, order, height, width)`` maps each
+route's sequence back to its pixel and sums the K routes, giving (B, C, H, W). ``merge`` is the adjoint
+(transpose) of ``split``, so ``merge(split(x)) == K * x`` and autograd of one is the other. Both are
+built from flatten / transpose / flip, so autograd, ``torch.compile`` and any device work.
+For the selective scan, ``split(x, order).flatten(1, 2)`` gives its (batch, K * C, L) layout as a view.
+
+Channels-last callers: pass ``channels_last=True`` to work on (B, H, W, C) maps and (B, K, H*W, C)
+sequences (token layout for attention) without permuting to channel-first and back. Cost: causal
+``split`` is a view (no copy) in either layout, and so is a (B, C, H, W) input in
+``torch.channels_last`` memory format; the other orders write each route once (plus one temporary for
+the reversed routes, as ``flip`` cannot be a view); ``merge`` reads each route once. Outputs of
+``split`` are contiguous (B, K, C, L) / (B, K, L, C) tensors, except the causal view.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = [
+    "ORDERS",
+    "bidir_merge",
+    "bidir_split",
+    "causal_merge",
+    "causal_split",
+    "cross2d_merge",
+    "cross2d_split",
+    "merge",
+    "num_routes",
+    "split",
+]
+
+ORDERS = ("causal", "bidir", "cross2d")
+_NUM_ROUTES = {"causal": 1, "bidir": 2, "cross2d": 4}
+
+
+def num_routes(order: str) -> int:
+    """Number of sequences K an order makes from one map: causal 1, bidir 2, cross2d 4."""
+    _check_order(order)
+    return _NUM_ROUTES[order]
+
+
+# --------------------------------------------------------------------------- checks and layout helpers
+
+
+def _check_order(order: str) -> None:
+    if order not in _NUM_ROUTES:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+def _check_map(x: Tensor, channels_last: bool) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        layout = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a {layout} map, got shape {shape}")
+
+
+def _check_sequences(y: Tensor, routes: int, height: int, width: int, channels_last: bool) -> None:
+    layout = "(B, K, L, C)" if channels_last else "(B, K, C, L)"
+    if not (isinstance(height, int) and isinstance(width, int) and height >= 1 and width >= 1):
+        raise ValueError(f"height and width must be positive integers, got {height!r} and {width!r}")
+    if not isinstance(y, Tensor) or y.dim() != 4:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must be a {layout} tensor of sequences, got shape {shape}")
+    length = y.shape[2] if channels_last else y.shape[3]
+    if y.shape[1] != routes or length != height * width:
+        raise ValueError(
+            f"y must be {layout} with K={routes} routes and L=height*width={height}*{width}="
+            f"{height * width}, got shape {tuple(y.shape)}"
+        )
+
+
+def _seq_dim(channels_last: bool) -> int:
+    """Dimension of L in a (B, K, C, L) / (B, K, L, C) stack."""
+    return -2 if channels_last else -1
+
+
+def _rows(x: Tensor, channels_last: bool) -> Tensor:
+    """Row-major sequence of a map: (B, C, L) or (B, L, C); a view whenever strides allow."""
+    return x.flatten(1, 2) if channels_last else x.flatten(2, 3)
+
+
+def _columns(x: Tensor, channels_last: bool) -> Tensor:
+    """Column-major sequence of a map: (B, C, L) or (B, L, C)."""
+    return x.transpose(1, 2).flatten(1, 2) if channels_last else x.transpose(2, 3).flatten(2, 3)
+
+
+def _unrows(s: Tensor, height: int, width: int, channels_last: bool) -> Tensor:
+    """Inverse of ``_rows``: a row-major sequence back to a map (a view)."""
+    return s.unflatten(1, (height, width)) if channels_last else s.unflatten(-1, (height, width))
+
+
+def _uncolumns(s: Tensor, height: int, width: int, channels_last: bool) -> Tensor:
+    """Inverse of ``_columns``: a column-major sequence back to a map (a view)."""
+    if channels_last:
+        return s.unflatten(1, (width, height)).transpose(1, 2)
+    return s.unflatten(-1, (width, height)).transpose(-2, -1)
+
+
+# --------------------------------------------------------------------------- the orders
+
+
+def causal_split(x: Tensor, *, channels_last: bool = False) -> Tensor:
+    """Row-major route, K=1: (B, C, H, W) -> (B, 1, C, H*W). A view when the map's strides allow it."""
+    _check_map(x, channels_last)
+    return _rows(x, channels_last).unsqueeze(1)
+
+
+def causal_merge(y: Tensor, height: int, width: int, *, channels_last: bool = False) -> Tensor:
+    """Adjoint of ``causal_split``: (B, 1, C, H*W) -> (B, C, H, W) (a view)."""
+    _check_sequences(y, 1, height, width, channels_last)
+    return _unrows(y[:, 0], height, width, channels_last)
+
+
+def bidir_split(x: Tensor, *, channels_last: bool = False) -> Tensor:
+    """Row-major and reversed row-major routes (Vim), K=2: (B, C, H, W) -> (B, 2, C, H*W)."""
+    _check_map(x, channels_last)
+    return _with_reversed((_rows(x, channels_last),), channels_last)
+
+
+def bidir_merge(y: Tensor, height: int, width: int, *, channels_last: bool = False) -> Tensor:
+    """Adjoint of ``bidir_split``: route 0 plus route 1 reversed, (B, 2, C, H*W) -> (B, C, H, W)."""
+    _check_sequences(y, 2, height, width, channels_last)
+    seq = y[:, 0] + y[:, 1].flip(_seq_dim(channels_last))
+    return _unrows(seq, height, width, channels_last)
+
+
+def cross2d_split(x: Tensor, *, channels_last: bool = False) -> Tensor:
+    """VMamba's four routes, K=4: row-major, column-major, and the two reversed. -> (B, 4, C, H*W)."""
+    _check_map(x, channels_last)
+    return _with_reversed((_rows(x, channels_last), _columns(x, channels_last)), channels_last)
+
+
+def cross2d_merge(y: Tensor, height: int, width: int, *, channels_last: bool = False) -> Tensor:
+    """Adjoint of ``cross2d_split`` (VMamba's CrossMerge): (B, 4, C, H*W) -> (B, C, H, W)."""
+    _check_sequences(y, 4, height, width, channels_last)
+    pair = y[:, 0:2] + y[:, 2:4].flip(_seq_dim(channels_last))
+    return _unrows(pair[:, 0], height, width, channels_last) + _uncolumns(
+        pair[:, 1], height, width, channels_last
+    )
+
+
+def _with_reversed(routes: tuple[Tensor, ...], channels_last: bool) -> Tensor:
+    """Stack k routes and then the same k reversed along L: k x (B, ., .) -> (B, 2k, ., .).
+
+    Writes into one fresh tensor (as VMamba's CrossScan does) instead of stack + cat, which would
+    write the forward routes twice; ``copy_`` into slices is differentiable, so autograd still works.
+    """
+    k = len(routes)
+    first = routes[0]
+    out = first.new_empty((first.shape[0], 2 * k, *first.shape[1:]))
+    for i, route in enumerate(routes):
+        out[:, i].copy_(route)
+    out[:, k:].copy_(out[:, :k].flip(_seq_dim(channels_last)))
+    return out
+
+
+# --------------------------------------------------------------------------- dispatch by name
+
+_SPLITS = {"causal": causal_split, "bidir": bidir_split, "cross2d": cross2d_split}
+_MERGES = {"causal": causal_merge, "bidir": bidir_merge, "cross2d": cross2d_merge}
+
+
+def split(x: Tensor, order: str, *, channels_last: bool = False) -> Tensor:
+    """(B, C, H, W) -> (B, K, C, H*W) along the routes of ``order`` (see ``ORDERS``).
+
+    With ``channels_last=True``: (B, H, W, C) -> (B, K, H*W, C).
+    """
+    _check_order(order)
+    return _SPLITS[order](x, channels_last=channels_last)
+
+
+def merge(y: Tensor, order: str, height: int, width: int, *, channels_last: bool = False) -> Tensor:
+    """(B, K, C, H*W) -> (B, C, H, W): each route mapped back to its pixels, the K routes summed.
+
+    The adjoint of ``split``. With ``channels_last=True``: (B, K, H*W, C) -> (B, H, W, C).
+    """
+    _check_order(order)
+    return _MERGES[order](y, height, width, channels_last=channels_last)

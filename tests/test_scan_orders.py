@@ -1,0 +1,150 @@
+"""kernels.scan_orders: each order's routes are what its name says, and merge is the adjoint of split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import scan_orders
+from kernels.scan_orders import ORDERS, merge, num_routes, split
+
+SHAPES = [(3, 5), (5, 3), (4, 4), (1, 7), (6, 1), (1, 1)]
+
+
+def _index_map(height: int, width: int) -> torch.Tensor:
+    """(1, 1, H, W) map whose value at (i, j) is its row-major index i * W + j."""
+    return torch.arange(height * width, dtype=torch.float64).reshape(1, 1, height, width)
+
+
+def _expected_routes(order: str, height: int, width: int) -> list[list[int]]:
+    """The index sequences each route visits, written out with loops (independent of the code)."""
+    rows = [i * width + j for i in range(height) for j in range(width)]
+    columns = [i * width + j for j in range(width) for i in range(height)]
+    return {
+        "causal": [rows],
+        "bidir": [rows, rows[::-1]],
+        "cross2d": [rows, columns, rows[::-1], columns[::-1]],
+    }[order]
+
+
+def test_number_of_routes():
+    assert [num_routes(order) for order in ORDERS] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(("height", "width"), SHAPES)
+def test_routes_visit_pixels_in_the_named_order(order, height, width):
+    routes = split(_index_map(height, width), order)
+    assert routes.shape == (1, num_routes(order), 1, height * width)
+    got = [routes[0, k, 0].long().tolist() for k in range(routes.shape[1])]
+    assert got == _expected_routes(order, height, width)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(("height", "width"), SHAPES)
+def test_merge_is_the_adjoint_of_split(order, height, width):
+    gen = torch.Generator().manual_seed(height * 10 + width)
+    x = torch.randn(2, 3, height, width, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, num_routes(order), 3, height * width, generator=gen, dtype=torch.float64)
+    lhs = (split(x, order) * y).sum()
+    rhs = (x * merge(y, order, height, width)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(("height", "width"), SHAPES)
+def test_merge_of_split_is_k_times_the_map(order, height, width):
+    x = torch.randn(2, 3, height, width)
+    torch.testing.assert_close(merge(split(x, order), order, height, width), num_routes(order) * x)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_autograd_of_split_is_merge(order):
+    x = torch.randn(2, 3, 3, 5, requires_grad=True)
+    y = torch.randn(2, num_routes(order), 3, 15)
+    (grad,) = torch.autograd.grad(split(x, order), x, y)
+    torch.testing.assert_close(grad, merge(y, order, 3, 5))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_named_functions_match_dispatch(order):
+    x = torch.randn(1, 2, 3, 5)
+    named_split = getattr(scan_orders, f"{order}_split")
+    named_merge = getattr(scan_orders, f"{order}_merge")
+    assert torch.equal(named_split(x), split(x, order))
+    y = split(x, order)
+    assert torch.equal(named_merge(y, 3, 5), merge(y, order, 3, 5))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_channels_last_layout_matches_channel_first(order):
+    x = torch.randn(2, 4, 3, 5)
+    routes = split(x, order)
+    routes_cl = split(x.permute(0, 2, 3, 1), order, channels_last=True)
+    assert routes_cl.shape == (2, num_routes(order), 15, 4)
+    torch.testing.assert_close(routes_cl, routes.transpose(-1, -2))
+    merged_cl = merge(routes_cl, order, 3, 5, channels_last=True)
+    torch.testing.assert_close(merged_cl, merge(routes, order, 3, 5).permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_channels_last_memory_format_gives_the_same_routes(order):
+    x = torch.randn(2, 4, 3, 5)
+    torch.testing.assert_close(split(x.contiguous(memory_format=torch.channels_last), order), split(x, order))
+
+
+def test_causal_split_is_a_view_in_both_layouts():
+    x = torch.randn(2, 4, 3, 5)
+    assert split(x, "causal").data_ptr() == x.data_ptr()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert split(x_cl, "causal")._base is x_cl
+    bhwc = x.permute(0, 2, 3, 1).contiguous()
+    assert split(bhwc, "causal", channels_last=True)._base is bhwc
+
+
+def test_routes_flatten_to_selective_scan_layout_without_copy():
+    routes = split(torch.randn(2, 4, 3, 5), "cross2d")
+    assert routes.is_contiguous()
+    assert routes.flatten(1, 2).data_ptr() == routes.data_ptr()
+
+
+def test_unknown_order_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"order must be one of \('causal', 'bidir', 'cross2d'\).*'zigzag'"):
+        split(torch.randn(1, 1, 2, 2), "zigzag")
+    with pytest.raises(ValueError, match="'zigzag'"):
+        merge(torch.randn(1, 1, 1, 4), "zigzag", 2, 2)
+    with pytest.raises(ValueError, match="'zigzag'"):
+        num_routes("zigzag")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2, 3, 4, 5, 6)])
+def test_split_of_a_non_map_names_the_shape(shape):
+    with pytest.raises(ValueError, match=r"x must be a \(B, C, H, W\) map") as err:
+        split(torch.randn(shape), "cross2d")
+    assert str(shape) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("y_shape", "height", "width", "match"),
+    [
+        ((2, 3, 4, 15), 3, 5, r"K=4 routes.*\(2, 3, 4, 15\)"),  # wrong K
+        ((2, 4, 3, 16), 3, 5, r"L=height\*width=3\*5=15.*\(2, 4, 3, 16\)"),  # wrong L
+        ((2, 4, 15), 3, 5, r"y must be a \(B, K, C, L\).*\(2, 4, 15\)"),  # wrong rank
+        ((2, 4, 3, 15), 0, 5, r"height and width must be positive"),
+    ],
+)
+def test_merge_of_wrong_shape_names_it(y_shape, height, width, match):
+    with pytest.raises(ValueError, match=match):
+        merge(torch.randn(y_shape), "cross2d", height, width)
+
+
+@pytest.mark.parametrize("order", ["bidir", "cross2d"])
+def test_traces_under_torch_compile_with_gradients(order):
+    x = torch.randn(2, 3, 3, 5, requires_grad=True)
+    compiled = torch.compile(
+        lambda t: merge(split(t, order) * 2, order, 3, 5), backend="aot_eager", fullgraph=True
+    )
+    out = compiled(x)
+    torch.testing.assert_close(out, 2 * num_routes(order) * x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 2.0 * num_routes(order)))
