@@ -16,7 +16,9 @@ def test_help_lists_every_available_subcommand(capsys: pytest.CaptureFixture[str
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")}
     for name, (module, _) in cli.SUBCOMMANDS.items():
         present = importlib.util.find_spec(module) is not None if _module_parent_exists(module) else False
-        assert (name in listed) == present, f"subcommand {name!r} ({module}): listed={name in listed}, present={present}"
+        assert (name in listed) == present, (
+            f"subcommand {name!r} ({module}): listed={name in listed}, present={present}"
+        )
 
 
 def test_unknown_subcommand_is_an_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,281 @@
+"""kernels.selective_scan: ref against mamba-ssm, the cpu back end against ref, the op's plumbing."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from conftest import import_mamba_reference
+from scan_cases import CASES, ScanCase, assert_backend_matches_ref, make_inputs, run_scan
+
+from kernels import scan_cpu, selective_scan
+from kernels.selective_scan import BACKEND_ENV, available_backends, resolve_backend
+
+
+@pytest.fixture(params=["numba", "torch"])
+def cpu_impl(request):
+    """Run a test with the numba kernels and again with the pure-PyTorch fallback."""
+    if request.param == "numba" and scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    scan_cpu.use_implementation(request.param)
+    yield request.param
+    scan_cpu.use_implementation(None)
+
+
+# ----------------------------------------------------------------------------- ref is mamba-ssm's ref
+
+MAMBA_CASES = [
+    ScanCase(2, 24, 4, 64, "shared", True, True, True, True, True),
+    ScanCase(1, 8, 16, 33, "grouped", False, False, False, False, True),
+    ScanCase(3, 4, 1, 7, "grouped", True, True, False, True, True),
+]
+
+
+@pytest.mark.parametrize("case", MAMBA_CASES, ids=str)
+def test_ref_matches_mamba_selective_scan_ref(case):
+    mamba_ref = import_mamba_reference("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+    results = []
+    for fn in (mamba_ref, functools.partial(selective_scan, backend="ref")):
+        inputs = make_inputs(case, torch.float32, requires_grad=True)
+        out, last = fn(**inputs, delta_softplus=case.delta_softplus, return_last_state=True)
+        present = [t for t in inputs.values() if t is not None]
+        grads = torch.autograd.grad(out.square().sum(), present)
+        results.append((out, last, *grads))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_B_and_C_match_mamba_ref(cpu_impl):
+    """B, C of shape (dim, N) (mamba's non-variable case), forward and gradients."""
+    mamba_ref = import_mamba_reference("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+    case = ScanCase(2, 8, 4, 19, "shared", True, True, True, True, True)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    inputs["B"] = torch.randn(8, 4, requires_grad=True)
+    expected = mamba_ref(**inputs, delta_softplus=True)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [inputs["B"], inputs["u"]])
+    out = selective_scan(**inputs, delta_softplus=True, backend="cpu")
+    grads = torch.autograd.grad(out.square().sum(), [inputs["B"], inputs["u"]])
+    torch.testing.assert_close(out, expected, rtol=6e-4, atol=2e-3)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=6e-4, atol=2e-3 * max(1.0, float(want.abs().max())))
+
+
+# ----------------------------------------------------------------------------- cpu against ref
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cpu_matches_ref_float32(case, cpu_impl):
+    assert_backend_matches_ref("cpu", case, torch.float32)
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=str)
+def test_cpu_matches_ref_bfloat16_inputs(case, cpu_impl):
+    assert_backend_matches_ref("cpu", case, torch.bfloat16)
+
+
+@pytest.mark.parametrize("length", [64, 257])
+def test_cpu_backward_across_checkpoint_chunks(length, monkeypatch):
+    """The numba backward keeps a state every BACKWARD_CHUNK steps; lengths that cross several
+    chunk borders (and end mid-chunk) must give the same gradients."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", 10)
+    case = ScanCase(2, 8, 4, length, "grouped", True, True, True, True, True)
+    assert_backend_matches_ref("cpu", case, torch.float32)
+
+
+def test_grouped_B_with_shared_C():
+    """B grouped (b, G, N, L) with C shared (b, N, L): each keeps its own layout and gradient shape."""
+    case = ScanCase(2, 8, 4, 9, "grouped", False, True, False, False, False)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    inputs["C"] = torch.randn(2, 4, 9, requires_grad=True)
+    dout = torch.randn(2, 8, 9)
+    results = []
+    for backend in ("ref", "cpu"):
+        fresh = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        results.append(run_scan(backend, case, fresh, dout))
+    (ref_out, _, ref_grads), (out, _, grads) = results
+    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
+    assert grads["C"].shape == (2, 4, 9) and grads["B"].shape == (2, 4, 4, 9)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=4e-3)
+
+
+# ----------------------------------------------------------------------------- gradcheck (float64)
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+def test_gradcheck_float64(backend, monkeypatch):
+    if backend == "cpu":
+        monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", 4)  # cross checkpoint chunks
+    impls = ["numba", "torch"] if backend == "cpu" and scan_cpu._numba_module() is not None else [None]
+    case = ScanCase(2, 4, 3, 9, "grouped", True, True, True, True, False)
+    inputs = make_inputs(case, torch.float64, requires_grad=True)
+    names = list(inputs)
+
+    def fn(*tensors):
+        return selective_scan(*tensors, delta_softplus=True, backend=backend)
+
+    for impl in impls:
+        if impl is not None:
+            scan_cpu.use_implementation(impl)
+        try:
+            assert torch.autograd.gradcheck(
+                fn, tuple(inputs[n] for n in names), eps=1e-6, atol=1e-5, fast_mode=True
+            )
+        finally:
+            scan_cpu.use_implementation(None)
+
+
+# ----------------------------------------------------------------------------- dtypes and last_state
+
+
+def test_output_dtype_follows_u_and_last_state_is_float32():
+    case = ScanCase(1, 4, 2, 5, "shared", True, True, True, True, True)
+    inputs = make_inputs(case, torch.bfloat16, requires_grad=True)
+    out, last = selective_scan(**inputs, return_last_state=True, backend="cpu")
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    grads = torch.autograd.grad(out.float().sum(), [inputs["u"], inputs["A"]])
+    assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+def test_last_state_is_not_differentiable(backend):
+    inputs = make_inputs(
+        ScanCase(1, 4, 2, 5, "shared", False, False, False, False, True), torch.float32, requires_grad=True
+    )
+    out, last = selective_scan(**inputs, return_last_state=True, backend=backend)
+    assert out.requires_grad and not last.requires_grad
+
+
+# ----------------------------------------------------------------------------- back-end choice
+
+
+def test_auto_on_cpu_picks_cpu(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert resolve_backend("cpu") == "cpu"
+    assert available_backends("cpu")[:2] == ["cpu", "ref"]
+    assert "cuda" not in available_backends("cpu")
+
+
+def test_environment_variable_forces_backend_for_auto_only(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "ref")
+    assert resolve_backend("cpu") == "ref"
+    assert resolve_backend("cpu", "cpu") == "cpu"  # an explicit argument wins
+    monkeypatch.setenv(BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match=BACKEND_ENV):
+        resolve_backend("cpu")
+    monkeypatch.setenv(BACKEND_ENV, "fastest")
+    with pytest.raises(ValueError, match="fastest"):
+        resolve_backend("cpu")
+
+
+def test_cuda_backend_on_cpu_tensors_is_a_clear_error():
+    inputs = make_inputs(ScanCase(1, 4, 2, 5, "shared", False, False, False, False, False), torch.float32)
+    with pytest.raises(ValueError, match="backend='cuda' is not available for tensors on cpu"):
+        selective_scan(**inputs, backend="cuda")
+
+
+def test_cuda_backend_is_unavailable_without_raising():
+    from kernels import scan_cuda
+
+    assert scan_cuda.is_available(torch.device("cpu")) is False
+    assert scan_cuda.is_available(torch.device("cuda")) is (
+        torch.cuda.is_available() and scan_cuda._extension() is not None
+    )
+
+
+def test_unknown_backend_name():
+    inputs = make_inputs(ScanCase(1, 4, 2, 5, "shared", False, False, False, False, False), torch.float32)
+    with pytest.raises(ValueError, match="backend='fast'"):
+        selective_scan(**inputs, backend="fast")
+
+
+def test_cpu_fallback_is_used_when_forced(monkeypatch):
+    monkeypatch.setenv(scan_cpu.IMPL_ENV, "torch")
+    assert scan_cpu.implementation() == "torch"
+    monkeypatch.setenv(scan_cpu.IMPL_ENV, "gpu")
+    with pytest.raises(ValueError, match=scan_cpu.IMPL_ENV):
+        scan_cpu.implementation()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _good():
+    return make_inputs(ScanCase(2, 8, 4, 6, "grouped", True, True, True, False, False), torch.float32)
+
+
+BAD_INPUTS = [
+    ("u must have 3 dims", lambda x: x.update(u=x["u"][0])),
+    ("delta must have u's shape", lambda x: x.update(delta=x["delta"][:, :, :5])),
+    (r"A must be \(dim, N\)", lambda x: x.update(A=x["A"][:7])),
+    ("B must be", lambda x: x.update(B=x["B"][:, :, :3])),
+    ("C .* groups, which do not divide dim=8", lambda x: x.update(C=torch.randn(2, 3, 4, 6))),
+    (r"D must be \(dim,\)", lambda x: x.update(D=x["D"][:5])),
+    ("z must have u's shape", lambda x: x.update(z=x["z"].transpose(1, 2))),
+    ("delta_bias must have 1 dims", lambda x: x.update(delta_bias=x["delta_bias"][None])),
+    ("u has dtype torch.int64", lambda x: x.update(u=x["u"].long())),
+    ("A is complex", lambda x: x.update(A=x["A"].to(torch.complex64))),
+    ("B is on meta but u is on cpu", lambda x: x.update(B=x["B"].to("meta"))),
+    ("C has layout torch.sparse_coo", lambda x: x.update(C=x["C"].to_sparse())),
+    ("delta must be a torch.Tensor, got ndarray", lambda x: x.update(delta=x["delta"].numpy())),
+]
+
+
+@pytest.mark.parametrize("message, spoil", BAD_INPUTS, ids=[m for m, _ in BAD_INPUTS])
+def test_bad_input_is_a_value_error_naming_the_argument(message, spoil):
+    inputs = _good()
+    spoil(inputs)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**inputs, backend="cpu")
+
+
+def test_non_contiguous_inputs_are_accepted():
+    case = ScanCase(2, 8, 4, 6, "shared", True, True, False, False, False)
+    inputs = make_inputs(case, torch.float32)
+    expected = selective_scan(**inputs, backend="ref")
+    strided = {
+        k: None if v is None else v.transpose(-1, 0).contiguous().transpose(-1, 0) for k, v in inputs.items()
+    }
+    assert not strided["u"].is_contiguous()
+    torch.testing.assert_close(selective_scan(**strided, backend="cpu"), expected, rtol=6e-4, atol=2e-3)
+
+
+# ----------------------------------------------------------------------------- FLOPs and torch.compile
+
+
+def test_flop_counter_sees_the_op():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, d, n, length = 2, 8, 4, 16
+    case = ScanCase(b, d, n, length, "shared", True, True, False, False, False)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        selective_scan(**inputs, backend="cpu").sum().backward()
+    counts = {str(op): c for op, c in counter.get_flop_counts()["Global"].items()}
+    forward = 9 * b * length * d * n + 2 * b * d * length  # + D skip + z gate
+    assert counts["visbench.selective_scan_fwd"] == forward
+    assert counts["visbench.selective_scan_bwd"] == 2 * forward
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    case = ScanCase(2, 8, 4, 16, "grouped", True, True, True, True, False)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+
+    def block(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan(u * 2, delta, A, B, C, D, z, delta_bias, delta_softplus=True).tanh()
+
+    # aot_eager runs what matters for a custom op (Dynamo, fake tensors, AOTAutograd with the registered
+    # backward) without spending a minute on Inductor code generation for the surrounding ops.
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out = compiled(*args)
+    expected = block(*args)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), args)
+    expected_grads = torch.autograd.grad(expected.sum(), args)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
