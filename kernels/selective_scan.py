@@ -109,6 +109,10 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
     device = torch.device(device)
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"selective_scan: backend={backend!r}; expected one of {(*BACKENDS, 'auto')}")
+    if device.type == "meta":
+        # Shapes only: the custom op's fake implementation runs whatever the back end, so meta
+        # tensors go through the op (and FlopCounterMode sees its formula) rather than through ref.
+        return "cpu" if backend in ("auto", "ref") else backend
     source = f"backend={backend!r}"
     if backend == "auto":
         forced = os.environ.get(BACKEND_ENV, "").strip().lower()

@@ -260,6 +260,20 @@ def test_flop_counter_sees_the_op():
     assert counts["visbench.selective_scan_bwd"] == 2 * forward
 
 
+def test_meta_tensors_go_through_the_op_so_flops_are_counted():
+    """Models counted on the meta device must see the scan's formula, not ref's elementwise ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, d, n, length = 2, 8, 4, 16
+    case = ScanCase(b, d, n, length, "shared", False, False, False, False, False)
+    inputs = {k: v.to("meta") for k, v in make_inputs(case, torch.float32).items() if v is not None}
+    with FlopCounterMode(display=False) as counter:
+        out = selective_scan(**inputs)
+    assert out.shape == (b, d, length) and out.device.type == "meta"
+    counts = {str(op): c for op, c in counter.get_flop_counts()["Global"].items()}
+    assert counts == {"visbench.selective_scan_fwd": 9 * b * length * d * n}
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
     case = ScanCase(2, 8, 4, 16, "grouped", True, True, True, True, False)
