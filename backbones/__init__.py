@@ -4,7 +4,20 @@ Importing this package registers every visbench model with timm (``timm.create_m
 and, when mmdetection is installed, the ``VisBenchBackbone`` type in mmdet's ``MODELS`` registry.
 """
 
-from backbones import hierarchical  # noqa: F401  (registers the hierarchical models with timm)
+import timm
+
+# Importing the body modules registers their models with timm.
+from backbones import hierarchical, isotropic, sequence
 from backbones.naming import describe
 
-__all__ = ["describe"]
+BODY_MODULES = (hierarchical, isotropic, sequence)
+
+
+def list_models() -> list[str]:
+    """Every model name visbench registers with timm, sorted."""
+    return sorted(
+        name for module in BODY_MODULES for name in timm.list_models(module=module.__name__.split(".")[-1])
+    )
+
+
+__all__ = ["describe", "list_models"]
