@@ -1,0 +1,204 @@
+"""visbench tables from real result files made in this session (tiny trainings on real Fashion-MNIST
+images and a tiny bench run), checked for structure; malformed inputs named; plots written."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from visbench import tables
+from visbench.results import make_result, now_iso, write_result
+
+# (name, build kwargs): a full-attention ViT and a causal one of the same shape, and a gated CNN.
+TINY_MODELS = [
+    ("test_vit", {"img_size": 32}),
+    ("vit_causal_tiny", {"img_size": 32, "depth": 2}),
+    ("test_mambaout", {}),
+]
+
+
+def _train_and_evaluate(name: str, kwargs: dict, seed: int, data) -> dict:
+    """A few SGD steps on real images, then top-1 / top-5 on 128 held-out images: real numbers."""
+    import timm
+
+    import backbones.isotropic  # noqa: F401  (registers vit_causal_tiny)
+    from backbones.complexity import count_macs, count_params
+
+    start = now_iso()
+    (x_train, y_train), (x_test, y_test) = data
+    torch.manual_seed(seed)
+    model = timm.create_model(name, in_chans=1, num_classes=10, **kwargs)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(4):
+        batch = slice(32 * step, 32 * (step + 1))
+        loss = torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(x_test)
+    top5 = logits.topk(5, dim=1).indices
+    top1 = 100.0 * (top5[:, 0] == y_test).float().mean().item()
+    top5_acc = 100.0 * (top5 == y_test[:, None]).any(dim=1).float().mean().item()
+    return make_result(
+        model=name,
+        task="classification",
+        dataset="fashion_mnist",
+        input_size=(32, 32),
+        params=count_params(model),
+        macs=count_macs(model, (1, 32, 32)),
+        metrics={"top1": top1, "top5": top5_acc},
+        start_time=start,
+        seed=seed,
+        tokens=4 if "vit" in name else None,
+        extra={"steps": 4, "final_loss": loss.item()},
+    )
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> Path:
+    from visbench import bench
+    from visbench.data.fashion_mnist import load_fashion_mnist
+
+    def prep(split: str, n: int):
+        images, labels = load_fashion_mnist(fashion_mnist_dir, split)
+        x = torch.from_numpy(images[:n].copy()).float().div(255).unsqueeze(1)
+        return torch.nn.functional.pad(x, (2, 2, 2, 2)), torch.from_numpy(labels[:n].astype("int64"))
+
+    data = (prep("train", 128), prep("test", 128))
+    root = tmp_path_factory.mktemp("runs")
+    for name, kwargs in TINY_MODELS:
+        for seed in (0, 1):
+            write_result(root / f"{name}-s{seed}", _train_and_evaluate(name, kwargs, seed, data))
+    result = bench.measure(
+        "test_vit", (32, 32), batch_size=2, warmup=1, repeats=2, iters=1, train=False, memory="process"
+    )
+    write_result(root / "bench-test_vit-32", result)
+    return root
+
+
+@pytest.fixture(scope="module")
+def out(run_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out_dir = tmp_path_factory.mktemp("tables")
+    return out_dir, tables.generate([run_root], out_dir)
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open() as f:
+        return list(csv.reader(f))
+
+
+def test_generate_writes_every_table_in_three_formats_and_plots(out: tuple[Path, list[Path]]) -> None:
+    tmp_path, written = out
+    names = {p.name for p in written}
+    for table in ("classification", "detection", "causal", "long_short", "bench"):
+        assert {f"{table}.md", f"{table}.tex", f"{table}.csv"} <= names
+    for plot in ("accuracy_vs_macs", "throughput_vs_resolution", "r_vs_resolution"):
+        for suffix in (".png", ".svg"):
+            path = tmp_path / f"{plot}{suffix}"
+            assert path.stat().st_size > 1000, path
+    assert "summary.md" in names
+
+
+def test_classification_table_structure_and_markers(out: tuple[Path, list[Path]]) -> None:
+    tmp_path = out[0]
+    rows = _rows(tmp_path / "classification.csv")
+    header, body = rows[0], rows[1:]
+    assert header == [
+        "model",
+        "mixer",
+        "order",
+        "body",
+        "dataset",
+        "input",
+        "params (M)",
+        "MACs (G)",
+        "img/s",
+        "top-1 (%)",
+        "source",
+    ]
+    measured = [r for r in body if r[-1] == "measured"]
+    published = [r for r in body if r[-1].startswith("published: ")]
+    assert len(measured) == len(TINY_MODELS)  # two seeds merged into one row per model
+    assert all("(n=2)" in r[9] for r in measured)
+    assert {r[0] for r in published} >= {"MambaOut-Tiny", "DeiT-S", "VMamba-T [s2l5]", "Vim-S"}
+    assert body.index(measured[-1]) < body.index(published[0]), "measured rows come first"
+    tex = (tmp_path / "classification.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert tex.count("\\\\") == len(body) + 1
+    md = (tmp_path / "classification.md").read_text()
+    assert md.count("\n| ") == len(body) + 1
+
+
+def test_causal_table_pairs_orders_within_a_group(out: tuple[Path, list[Path]]) -> None:
+    tmp_path = out[0]
+    rows = _rows(tmp_path / "causal.csv")[1:]
+    vit = [r for r in rows if r[0] == "attention" and r[1] == "isotropic"]
+    assert [(r[4], r[6]) for r in vit] == [("test_vit", "no"), ("vit_causal_tiny", "yes")]
+
+
+def test_long_short_and_bench_tables(out: tuple[Path, list[Path]]) -> None:
+    tmp_path = out[0]
+    long_short = _rows(tmp_path / "long_short.csv")
+    assert long_short[0][:5] == ["dataset", "input", "tokens L", "r = L/6D", "long"]
+    vit = next(r for r in long_short[1:] if r[5] == "vit_causal_tiny")
+    assert vit[2] == "4" and vit[4] == "no" and float(vit[3]) == pytest.approx(4 / (6 * 192), abs=1e-3)
+    bench_rows = _rows(tmp_path / "bench.csv")
+    assert len(bench_rows) == 2 and bench_rows[1][0] == "test_vit"
+    detection = _rows(tmp_path / "detection.csv")
+    assert detection[0][6:12] == ["AP^b", "AP^b_50", "AP^b_75", "AP^m", "AP^m_50", "AP^m_75"]
+    assert all(r[-1].startswith("published") for r in detection[1:])
+
+
+def test_half_written_result_is_an_error_naming_it_unless_skipped(run_root: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(run_root, runs)
+    bad = runs / "broken" / "result.json"
+    bad.parent.mkdir()
+    good = json.loads(next(runs.rglob("result.json")).read_text())
+    bad.write_text(json.dumps(good)[:200])  # cut mid-write
+    with pytest.raises(ValueError, match="broken"):
+        tables.generate([runs], tmp_path / "out")
+    written = tables.generate([runs], tmp_path / "out2", skip_invalid=True)
+    skipped = (tmp_path / "out2" / "skipped.txt").read_text()
+    assert "broken" in skipped and any(p.name == "skipped.txt" for p in written)
+
+
+def test_cli_reports_invalid_file_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "result.json").write_text('{"schema_version": 1, "model": "x"}')
+    parser = argparse.ArgumentParser()
+    tables.add_arguments(parser)
+    assert tables.run(parser.parse_args([str(run), "--out", str(tmp_path / "o")])) == 2
+    assert "r1" in capsys.readouterr().err
+
+
+def test_malformed_reference_file_is_named(tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "bad.yaml").write_text("source: {short: x, url: y}\nrows:\n  - {model: A, task: classification}\n")
+    with pytest.raises(ValueError, match="bad.yaml.*dataset"):
+        tables.load_reference(ref)
+    (ref / "bad.yaml").write_text(
+        "source: {short: x, url: y}\nrows:\n  - {model: A, task: classification, dataset: d, topp1: 1}\n"
+    )
+    with pytest.raises(ValueError, match="topp1"):
+        tables.load_reference(ref)
+
+
+def test_shipped_reference_rows_have_sources() -> None:
+    rows = tables.load_reference()
+    assert rows and all(
+        r.source.startswith("published: ") and r.extra["url"].startswith("https://") for r in rows
+    )
+    tiny = next(r for r in rows if r.model == "MambaOut-Tiny")
+    assert (tiny.params, tiny.macs, tiny.metric("top1")[0]) == (26.5e6, 4.5e9, 82.7)
