@@ -35,7 +35,9 @@ def _available(module: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visbench", description="Does vision need Mamba? Controlled experiments.")
+    parser = argparse.ArgumentParser(
+        prog="visbench", description="Does vision need Mamba? Controlled experiments."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         if not _available(module):

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_ROOT = Path(os.environ.get("VISBENCH_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -24,7 +26,8 @@ def _find(root: Path, stem: str) -> Path:
     raise FileNotFoundError(
         f"Fashion-MNIST file '{stem}[.gz]' not found in {root}. Expected the IDX files of "
         f"{', '.join(s for pair in _FILES.values() for s in pair)} there "
-        "(Debian: apt-get install dataset-fashion-mnist; or set VISBENCH_FASHION_MNIST / the config's data path)."
+        "(Debian: apt-get install dataset-fashion-mnist; "
+        "or set VISBENCH_FASHION_MNIST / the config's data path)."
     )
 
 
@@ -44,11 +47,14 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
         shape, offset = (count,), 8
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - offset}")
+        found = len(data) - offset
+        raise ValueError(f"{path}: expected {expected} bytes of data for shape {shape}, found {found}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    root: str | Path = DEFAULT_ROOT, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` for ``split`` in {"train", "test"}."""
     if split not in _FILES:
         raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
