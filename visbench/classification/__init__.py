@@ -1,0 +1,1 @@
+"""Classification training and evaluation engine (timm pieces)."""

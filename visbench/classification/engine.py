@@ -1,0 +1,194 @@
+"""The pieces of a classification run, from timm where timm has them: model, loss, mixing, AMP, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader
+
+from visbench.config import TrainConfig
+from visbench.distributed import DistInfo, all_reduce_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def register_backbones() -> None:
+    """Import ``backbones`` so its models register with timm (and its body submodules, to be safe)."""
+    importlib.import_module("backbones")
+    for sub in ("backbones.hierarchical", "backbones.isotropic", "backbones.sequence"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(sub)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """``timm.create_model`` with the config's classes, channels, drop path, input size and extra kwargs."""
+    register_backbones()
+    m = cfg.model
+    kwargs: dict = dict(
+        num_classes=cfg.data.num_classes,
+        in_chans=cfg.data.in_chans,
+        drop_path_rate=m.drop_path_rate,
+        drop_rate=m.drop_rate,
+        **m.kwargs,
+    )
+    if m.pretrained_file:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=m.pretrained_file))
+    if not timm.is_model(m.name):
+        close = difflib.get_close_matches(m.name, timm.list_models(), n=3)
+        raise ValueError(f"model.name: '{m.name}' is not a registered timm model (closest: {close})")
+    try:
+        return timm.create_model(m.name, img_size=tuple(cfg.data.input_size), **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+        # Hierarchical convnets (timm's mambaout) take any input size and have no img_size argument.
+        return timm.create_model(m.name, **kwargs)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on GPUs that support it, else fp16 on GPU; full precision on CPU."""
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("train.amp=fp16 is not supported on CPU; use bf16 or none")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_mixup(cfg: TrainConfig) -> Mixup | None:
+    a = cfg.aug
+    if a.mixup <= 0 and a.cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=a.mixup,
+        cutmix_alpha=a.cutmix,
+        prob=a.mixup_prob,
+        switch_prob=a.mixup_switch_prob,
+        label_smoothing=a.smoothing,
+        num_classes=cfg.data.num_classes,
+    )
+
+
+def build_train_loss(cfg: TrainConfig, mixup: Mixup | None) -> nn.Module:
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # Mixup already folds label smoothing into the soft targets
+    if cfg.aug.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.aug.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    count: int
+    img_per_s: float | None
+    skipped: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int | None]:
+        return {
+            f"{prefix}top1": self.top1,
+            f"{prefix}top5": self.top5,
+            f"{prefix}loss": self.loss,
+            f"{prefix}count": self.count,
+            f"{prefix}img_per_s": self.img_per_s,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    info: DistInfo,
+    progress: Callable[[Iterator], Iterator] | None = None,
+) -> EvalResult:
+    """Top-1 / top-5 (percent) and loss over the whole split, summed over ranks; timed forward passes."""
+    was_training = model.training
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum = correct1 = correct5 = count = skipped = 0.0
+    timed_images, timed_seconds = 0, 0.0
+    batches = iter(loader) if progress is None else progress(iter(loader))
+    for index, (images, targets, n_skipped) in enumerate(batches):
+        skipped += n_skipped
+        if len(targets) == 0:
+            continue
+        images, targets = to_device(images, device, channels_last), targets.to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index > 0:  # the first batch pays one-off costs (allocation, kernel selection)
+            timed_seconds += time.perf_counter() - start
+            timed_images += len(targets)
+        logits = logits.float()
+        loss_sum += criterion(logits, targets).item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(targets[:, None])
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += len(targets)
+    loss_sum, correct1, correct5, count, skipped = all_reduce_sum(
+        [loss_sum, correct1, correct5, count, skipped], info, device
+    )
+    model.train(was_training)
+    if count == 0:
+        raise RuntimeError("evaluation saw no readable images (empty or fully corrupt validation split)")
+    return EvalResult(
+        top1=100.0 * correct1 / count,
+        top5=100.0 * correct5 / count,
+        loss=loss_sum / count,
+        count=int(count),
+        img_per_s=(timed_images / timed_seconds) if timed_seconds > 0 else None,
+        skipped=int(skipped),
+    )
+
+
+def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int | None]:
+    """Parameters and MACs (batch 1) through ``backbones.complexity`` when it is available."""
+    try:
+        from backbones.complexity import count_macs, count_params
+    except ImportError:
+        return sum(p.numel() for p in model.parameters()), None
+    params = int(count_params(model))
+    try:
+        macs = int(count_macs(model, input_size))
+    except Exception:  # a MAC counter failure must not lose a finished training run
+        macs = None
+    return params, macs
