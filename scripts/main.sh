@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 VENV="${VIRTUAL_ENV:-$PWD/.venv}"
-exec "$VENV/bin/visbench" scan-bench --quick "$@"
+exec "$VENV/bin/visbench" study "$@"
