@@ -1,7 +1,8 @@
 """Models: gated-CNN, SSM and attention token mixers in hierarchical and isotropic bodies.
 
-Importing this package registers every visbench model with timm (``timm.create_model("gated_cnn_tiny")``)
-and, when mmdetection is installed, the ``VisBenchBackbone`` type in mmdet's ``MODELS`` registry.
+Importing this package registers every visbench model with timm (``timm.create_model("gated_cnn_tiny")``).
+The mmdetection backbone type ``VisBenchBackbone`` lives in ``backbones.mmdet_backbone``, which
+detection configs load with ``custom_imports`` (so that ``import backbones`` never imports mmdet).
 """
 
 import timm

@@ -1,0 +1,88 @@
+"""CocoMetric output -> ``result.json`` (schema of :mod:`visbench.results`), written by rank 0 only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backbones.naming import describe
+from visbench.results import coco_metrics_from_mmdet, make_result, write_result
+
+
+def input_size_of(cfg: Any) -> tuple[int, int]:
+    """[H, W] the test pipeline resizes to: the ``Resize`` scale (width, height) of the test dataset."""
+    pipeline = cfg.test_dataloader.dataset.get("pipeline", [])
+    for step in pipeline:
+        if step.get("type") == "Resize" and step.get("scale") is not None:
+            scale = step["scale"]
+            if isinstance(scale, int):
+                return scale, scale
+            width, height = scale
+            # keep_ratio: the long side is bounded by max(scale), the short side by min(scale)
+            return (min(scale), max(scale)) if step.get("keep_ratio") and width > height else (height, width)
+    raise ValueError(
+        "test_dataloader.dataset.pipeline has no Resize step with a scale: cannot tell the input size"
+    )
+
+
+def dataset_name_of(cfg: Any) -> str:
+    """The data folder's name (``coco``, ``fashion_mnist_128x128``, ``deepforest``...)."""
+    root = cfg.test_dataloader.dataset.get("data_root") or ""
+    return Path(str(root).rstrip("/")).name or "unknown"
+
+
+def stage1_tokens(model_name: str, input_size: tuple[int, int]) -> int:
+    """Tokens the first token mixer sees: stride 4 for hierarchical bodies, 16 for isotropic ones."""
+    stride = 16 if describe(model_name).body == "isotropic" else 4
+    return (input_size[0] // stride) * (input_size[1] // stride)
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def write_detection_result(
+    runner: Any, cfg: Any, metrics: Mapping[str, float], start_time: str, phase: str
+) -> Path | None:
+    """Write ``<work_dir>/result.json`` from the test metrics; returns its path (None on ranks > 0)."""
+    from mmengine.dist import is_main_process
+
+    if not is_main_process():
+        return None
+    model = _unwrap(runner.model)
+    backbone = model.backbone
+    name = backbone.model_name
+    schema_metrics = coco_metrics_from_mmdet(metrics)
+    task = "instance_segmentation" if any(k.startswith("segm_") for k in schema_metrics) else "detection"
+    size = input_size_of(cfg)
+    tokens = stage1_tokens(name, size)
+    body = backbone.body
+    width = body.feature_info[0]["num_chs"] if hasattr(body, "stages") else body.embed_dim
+    seed = (cfg.get("randomness") or {}).get("seed")
+    result = make_result(
+        model=name,
+        task=task,
+        dataset=dataset_name_of(cfg),
+        input_size=size,
+        params=sum(p.numel() for p in model.parameters()),
+        macs=None,
+        metrics=schema_metrics,
+        start_time=start_time,
+        seed=seed,
+        tokens=tokens,
+        config_path=cfg.get("visbench_config_path"),
+        extra={
+            "detector": model.__class__.__name__,
+            "phase": phase,
+            "work_dir": str(cfg.work_dir),
+            "backbone_params": sum(p.numel() for p in backbone.parameters()),
+            "stage1_dim": int(width),
+            "r_tokens_over_6d": round(tokens / (6 * width), 4),
+            "backbone_kwargs": {k: v for k, v in cfg.model.backbone.items() if k not in ("type", "init_cfg")},
+            "backbone_checkpoint": (cfg.model.backbone.get("init_cfg") or {}).get("checkpoint"),
+            "mmdet_metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+            "launcher": cfg.get("launcher"),
+        },
+    )
+    return write_result(Path(cfg.work_dir), result)

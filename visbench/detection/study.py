@@ -1,0 +1,174 @@
+"""The study's detection part: Mask R-CNN on Fashion-MNIST canvases below and above ``L = 6D``.
+
+Hypothesis 2 says token mixing by an SSM should pay off only for long sequences, ``L > 6D`` tokens at
+the first stage (``D`` its width). Detection inputs are where ``L`` gets large, so this part trains the
+gated CNN (no token mixer), the SSM (cross-2d scan) and attention bodies, with equal widths and
+depths, inside the same Mask R-CNN on two canvas sizes: one whose stage-1 token count is below
+``6D`` and one above it. Each run writes ``result.json`` (box and mask AP) for ``visbench tables``.
+
+Scale: the defaults (widths 64-192, depths 1-2, 10 iterations of batch 4, 16 validation canvases) keep
+the 6 runs to roughly 6-8 minutes on 2 CPU cores; the SSM on the large canvas dominates (about 15 s
+per iteration there, its CPU scan). Models this small, trained from scratch for 10 iterations, reach
+APs near zero: the numbers show that the whole pipeline runs and give the
+cost per family at both token counts, not which family detects better; that needs ``iters`` in the
+thousands (a GPU). Make the part larger through :class:`DetectionStudyConfig` (``iters``, ``dims``,
+``depths``, ``num_train``) where there is time and a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visbench.data.fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STUDY_CONFIG = REPO_ROOT / "configs" / "coco" / "embedded" / "mask_rcnn_fpn_fashion_mnist_study.py"
+
+
+@dataclass
+class DetectionStudyConfig:
+    """The knobs of the detection part (every field may come from the study's YAML as a mapping)."""
+
+    models: Sequence[str] = ("gated_cnn_tiny", "ssm_cross2d_tiny", "attn_tiny")
+    dims: Sequence[int] = (64, 96, 128, 192)  # stage widths (the tiny models' are 96-576); D = dims[0]
+    depths: Sequence[int] = (1, 1, 2, 1)
+    canvas_sizes: Sequence[int] | None = None  # square canvas sides; None: one below and one above L = 6D
+    iters: int = 10
+    batch_size: int = 4
+    num_train: int = 48  # 10 iterations of batch 4 see 40 canvases
+    num_val: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    fashion_root: str = str(FASHION_ROOT)
+    config: str = str(STUDY_CONFIG)
+    extra_cfg_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> DetectionStudyConfig:
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"detection study: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def canvas_sides_around_6d(
+    dim: int, stride: int = 4, multiple: int = 32, factor: float = 1.6
+) -> tuple[int, int]:
+    """Square canvas sides with stage-1 tokens below and above ``6 * dim``.
+
+    ``L = (side / stride)^2`` equals ``6D`` at ``side* = stride * sqrt(6D)``. Short: the largest
+    multiple of ``multiple`` below ``side*`` (at least one ``multiple``); long: the smallest multiple at
+    or above ``factor * side*``. For D = 64: side* = 78 px, so 64 px (r = L/6D = 0.67) and 128 px (r = 2.7).
+    """
+    crossing = stride * math.sqrt(6 * dim)
+    short = max(multiple, multiple * (math.ceil(crossing / multiple) - 1))
+    long = multiple * math.ceil(factor * crossing / multiple)
+    return short, long
+
+
+def _set_data(cfg: Any, set_dir: Path, side: int) -> None:
+    """Point every dataloader and evaluator at ``set_dir`` and make the resize scale the canvas."""
+    root = str(set_dir) + "/"
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = cfg[loader]["dataset"]
+        dataset["data_root"] = root
+        for step in dataset["pipeline"]:
+            if step["type"] == "Resize":
+                step["scale"] = (side, side)
+    for evaluator in ("val_evaluator", "test_evaluator"):
+        cfg[evaluator]["ann_file"] = root + "annotations/val.json"
+
+
+def _run_config(study: DetectionStudyConfig, model: str, set_dir: Path, side: int, work_dir: Path) -> Any:
+    from visbench.detection.runner import load_config
+
+    options: dict[str, Any] = {
+        "model.backbone.model": model,
+        "model.backbone.dims": tuple(study.dims),
+        "model.backbone.depths": tuple(study.depths),
+        "model.neck.in_channels": list(study.dims),
+        "train_cfg.max_iters": study.iters,
+        "train_dataloader.batch_size": study.batch_size,
+        "optim_wrapper.optimizer.lr": study.lr,
+        "default_hooks.checkpoint.interval": study.iters,
+        "param_scheduler": [
+            dict(
+                type="LinearLR",
+                start_factor=0.01,
+                by_epoch=False,
+                begin=0,
+                end=max(1, min(20, study.iters // 5)),
+            )
+        ],
+        **study.extra_cfg_options,
+    }
+    cfg = load_config(study.config, work_dir=work_dir, cfg_options=options, seed=study.seed)
+    _set_data(cfg, set_dir, side)
+    return cfg
+
+
+def run_detection_part(
+    out_dir: str | Path, cfg: DetectionStudyConfig | Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Build the canvases, train and test every (model, canvas) pair; returns the ``result.json`` paths.
+
+    Writes ``out_dir/detection/data/fashion_mnist_<S>x<S>/`` and ``out_dir/detection/<model>_<S>px/``.
+    """
+    from visbench.detection.runner import require_mmdet, train
+    from visbench.embedded_data import fashion_set_name, make_fashion_mnist
+
+    require_mmdet()
+    study = cfg if isinstance(cfg, DetectionStudyConfig) else DetectionStudyConfig.from_mapping(cfg)
+    out = Path(out_dir) / "detection"
+    sides = list(study.canvas_sizes) if study.canvas_sizes else list(canvas_sides_around_6d(study.dims[0]))
+    results = []
+    for side in sides:
+        set_dir = out / "data" / fashion_set_name(side, side)
+        if not (set_dir / "annotations" / "val.json").is_file():
+            make_fashion_mnist(
+                out / "data",
+                side,
+                side,
+                study.num_train,
+                study.num_val,
+                seed=study.seed,
+                root=Path(study.fashion_root),
+            )
+        for model in study.models:
+            work_dir = out / f"{model}_{side}px"
+            started = time.perf_counter()
+            run_cfg = _run_config(study, model, set_dir, side, work_dir)
+            _, path = train(run_cfg)
+            print(
+                f"[study/detection] {model} on {side}x{side} canvases: "
+                f"{time.perf_counter() - started:.0f} s -> {path}"
+            )
+            if path is not None:
+                results.append(path)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m visbench.detection.study OUT [--iters N] [--canvas S ...]``: the detection part alone."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--iters", type=int, default=DetectionStudyConfig.iters)
+    parser.add_argument("--canvas", type=int, nargs="+", default=None)
+    parser.add_argument("--models", nargs="+", default=list(DetectionStudyConfig.models))
+    args = parser.parse_args(argv)
+    paths = run_detection_part(args.out, dict(iters=args.iters, canvas_sizes=args.canvas, models=args.models))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
