@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/install_det.sh  # mmdetection stack; builds mmcv once (~25 min), then cached
 VENV="${VIRTUAL_ENV:-$PWD/.venv}"
 exec "$VENV/bin/visbench" study "$@"

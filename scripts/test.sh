@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --dev
+bash scripts/install_det.sh  # mmdetection stack; builds mmcv once (~25 min), then cached
 VENV="${VIRTUAL_ENV:-$PWD/.venv}"
 export PATH="$VENV/bin:$PATH"
 echo "[test] ruff" >&2
