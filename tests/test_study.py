@@ -91,3 +91,10 @@ def test_tiny_study_writes_results_summary_plot_and_resumes(
     printed = capsys.readouterr().out
     assert printed.count("done earlier, skipped") == 3
     assert "short: gated_cnn_tiny seed 1: training" in printed
+
+
+def test_resumed_study_reports_the_wall_time_of_every_invocation(tmp_path) -> None:
+    from visbench.study import _accumulate_wall_time
+
+    assert _accumulate_wall_time(tmp_path, 600.0) == (600.0, 1)
+    assert _accumulate_wall_time(tmp_path, 90.0) == (690.0, 2)

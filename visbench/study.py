@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import json
 import math
 import statistics
 import sys
@@ -257,11 +258,22 @@ def summarize(
     return "\n".join(lines), rows
 
 
+def _accumulate_wall_time(out_dir: Path, wall_s: float) -> tuple[float, int]:
+    """Add this invocation's wall time to the folder's record, so a resumed study reports the whole."""
+    record = out_dir / "wall_time.json"
+    previous = json.loads(record.read_text()) if record.exists() else {"seconds": [], "invocations": 0}
+    seconds = [*previous["seconds"], wall_s]
+    record.write_text(json.dumps({"seconds": seconds, "invocations": len(seconds)}))
+    return sum(seconds), len(seconds)
+
+
 def write_summary(
     out_dir: Path, parts: dict[str, PartConfig], study: StudyConfig, wall_s: float
 ) -> list[Path]:
     text, rows = summarize(out_dir, parts, study)
-    text += f"Study wall time: {wall_s / 60:.1f} min.\n"
+    total_s, invocations = _accumulate_wall_time(out_dir, wall_s)
+    text += f"Study wall time: {total_s / 60:.1f} min"
+    text += f" over {invocations} invocations (resumed).\n" if invocations > 1 else ".\n"
     md = out_dir / "summary.md"
     md.write_text(text)
     written = [md]
