@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -99,13 +100,15 @@ def _rows(path: Path) -> list[list[str]]:
 def test_generate_writes_every_table_in_three_formats_and_plots(out: tuple[Path, list[Path]]) -> None:
     tmp_path, written = out
     names = {p.name for p in written}
-    for table in ("classification", "detection", "causal", "long_short", "bench"):
+    for table in ("classification", "detection", "segmentation", "causal", "long_short", "bench"):
         assert {f"{table}.md", f"{table}.tex", f"{table}.csv"} <= names
     for plot in ("accuracy_vs_macs", "throughput_vs_resolution", "r_vs_resolution"):
         for suffix in (".png", ".svg"):
             path = tmp_path / f"{plot}{suffix}"
             assert path.stat().st_size > 1000, path
     assert "summary.md" in names
+    summary = (tmp_path / "summary.md").read_text()
+    assert "### Semantic segmentation" in summary and "| MambaOut-Small |" in summary
 
 
 def test_classification_table_structure_and_markers(out: tuple[Path, list[Path]]) -> None:
@@ -154,8 +157,36 @@ def test_long_short_and_bench_tables(out: tuple[Path, list[Path]]) -> None:
     bench_rows = _rows(tmp_path / "bench.csv")
     assert len(bench_rows) == 2 and bench_rows[1][0] == "test_vit"
     detection = _rows(tmp_path / "detection.csv")
-    assert detection[0][6:12] == ["AP^b", "AP^b_50", "AP^b_75", "AP^m", "AP^m_50", "AP^m_75"]
+    assert detection[0][5:13] == [
+        "params (M)",
+        "MACs (G)",
+        "AP^b",
+        "AP^b_50",
+        "AP^b_75",
+        "AP^m",
+        "AP^m_50",
+        "AP^m_75",
+    ]
     assert all(r[-1].startswith("published") for r in detection[1:])
+    tiny = [r for r in detection[1:] if r[0] == "MambaOut-Tiny"]
+    assert tiny == [
+        [
+            "MambaOut-Tiny",
+            "conv",
+            "none",
+            "coco",
+            "800×1280",
+            "43.0",
+            "262",
+            "45.1",
+            "67.3",
+            "49.6",
+            "41.0",
+            "64.1",
+            "44.1",
+            "published: MambaOut paper",
+        ]
+    ]
 
 
 def test_half_written_result_is_an_error_naming_it_unless_skipped(run_root: Path, tmp_path: Path) -> None:
@@ -200,5 +231,136 @@ def test_shipped_reference_rows_have_sources() -> None:
     assert rows and all(
         r.source.startswith("published: ") and r.extra["url"].startswith("https://") for r in rows
     )
-    tiny = next(r for r in rows if r.model == "MambaOut-Tiny")
+    tiny = next(r for r in rows if r.model == "MambaOut-Tiny" and r.task == "classification")
     assert (tiny.params, tiny.macs, tiny.metric("top1")[0]) == (26.5e6, 4.5e9, 82.7)
+    assert tiny.source == "published: MambaOut README"
+
+
+def _paper_row(rows: list[tables.Row], model: str, task: str) -> tables.Row:
+    (row,) = [r for r in rows if r.model == model and r.task == task and r.source.endswith("MambaOut paper")]
+    return row
+
+
+def test_mambaout_paper_file_loads_with_its_tables(tmp_path: Path) -> None:
+    shutil.copy(tables.REFERENCE_DIR / "mambaout_paper.yaml", tmp_path)
+    rows = tables.load_reference(tmp_path)
+    assert {r.source for r in rows} == {"published: MambaOut paper"}
+    assert {r.extra["url"] for r in rows} == {"https://arxiv.org/html/2405.07992v3"}
+    per_task = defaultdict(set)
+    for r in rows:
+        per_task[(r.task, r.dataset, r.input_size)].add(r.model)
+    assert set(per_task) == {
+        ("classification", "imagenet", (224, 224)),
+        ("instance_segmentation", "coco", (800, 1280)),
+        ("semantic_segmentation", "ade20k", (512, 2048)),
+    }
+    cls = per_task[("classification", "imagenet", (224, 224))]
+    assert {"DeiT-Ti", "VMamba-T", "LocalVim-S", "EfficientVMamba-B", "PlainMamba-L3"} <= cls
+    assert not any(m.startswith(("MambaOut", "Vim-", "VMambaV9")) for m in cls)  # other files have them
+    seg = per_task[("semantic_segmentation", "ade20k", (512, 2048))]
+    assert {"MambaOut-Tiny", "VMambaV9-B", "PlainMamba-L2", "ConvNeXt-T", "Swin-B"} <= seg
+    assert len(rows) == 14 + 15 + 20
+
+
+def test_mambaout_paper_rows_exact_values() -> None:
+    rows = tables.load_reference()
+    coco = _paper_row(rows, "MambaOut-Tiny", "instance_segmentation")
+    assert (coco.dataset, coco.input_size, coco.params, coco.macs) == ("coco", (800, 1280), 43e6, 262e9)
+    assert coco.metrics == {
+        "bbox_mAP": [45.1],
+        "bbox_mAP_50": [67.3],
+        "bbox_mAP_75": [49.6],
+        "segm_mAP": [41.0],
+        "segm_mAP_50": [64.1],
+        "segm_mAP_75": [44.1],
+    }
+    for model, params, macs, ss, ms in (
+        ("MambaOut-Tiny", 54, 938, 47.4, 48.6),
+        ("MambaOut-Base", 112, 1178, 49.6, 51.0),
+    ):
+        ade = _paper_row(rows, model, "semantic_segmentation")
+        assert (ade.dataset, ade.input_size, ade.family, ade.mixer) == (
+            "ade20k",
+            (512, 2048),
+            "gated_cnn",
+            "conv",
+        )
+        assert (ade.params, ade.macs) == (params * 1e6, macs * 1e9)
+        assert ade.metrics == {"miou_ss": [ss], "miou_ms": [ms]}
+    # the paper gives PlainMamba no single-scale mIoU: the key stays out, nothing is made up
+    plain = _paper_row(rows, "PlainMamba-L2", "semantic_segmentation")
+    assert plain.metrics == {"miou_ms": [46.8]} and plain.order == "zigzag4" and plain.body == "isotropic"
+
+
+def _fingerprint(r: tables.Row) -> tuple:
+    return (r.input_size, r.params, r.macs, tuple(sorted((k, tuple(v)) for k, v in r.metrics.items())))
+
+
+def _duplicates(rows: list[tables.Row]) -> list[str]:
+    """Rows given twice: the same (model, task, dataset, source), the same (model, task, dataset) with
+    the same numbers in two files, or the same numbers under two names (a row copied and renamed)."""
+    problems: list[str] = []
+    by_source: dict[tuple, int] = defaultdict(int)
+    by_model: dict[tuple, set] = defaultdict(set)
+    by_numbers: dict[tuple, list[str]] = defaultdict(list)
+    for r in rows:
+        by_source[(r.model, r.task, r.dataset, r.source)] += 1
+        by_model[(r.model, r.task, r.dataset, _fingerprint(r))].add(r.source)
+        numbers = len(r.metrics) + (r.params is not None) + (r.macs is not None)
+        if numbers >= 3:
+            by_numbers[(r.task, r.dataset, _fingerprint(r))].append(f"{r.model} ({r.source})")
+    problems += [f"{k} listed {n} times" for k, n in by_source.items() if n > 1]
+    problems += [f"{k[:3]} identical in {sorted(s)}" for k, s in by_model.items() if len(s) > 1]
+    problems += [f"same numbers: {names}" for names in by_numbers.values() if len(names) > 1]
+    return problems
+
+
+def test_no_reference_row_is_given_twice() -> None:
+    rows = tables.load_reference()
+    assert _duplicates(rows) == []
+    # the check itself catches a row copied into a second file, renamed or not
+    (v9,) = [r for r in rows if r.model == "VMamba-T [s2l5]" and r.task == "instance_segmentation"]
+    copy = tables.Row(**{**v9.__dict__, "source": "published: MambaOut paper"})
+    assert len(_duplicates([*rows, copy])) == 2
+    renamed = tables.Row(**{**v9.__dict__, "model": "VMambaV9-T", "source": "published: MambaOut paper"})
+    assert len(_duplicates([*rows, renamed])) == 1
+
+
+def test_segmentation_table_from_shipped_reference_rows() -> None:
+    table = tables.segmentation_table(tables.load_reference())
+    assert (table.name, table.title) == ("segmentation", "Semantic segmentation")
+    assert table.columns == [
+        "model",
+        "mixer",
+        "order",
+        "dataset",
+        "input",
+        "params (M)",
+        "MACs (G)",
+        "mIoU SS (%)",
+        "mIoU MS (%)",
+        "source",
+    ]
+    small = [r for r in table.rows if r[0] == "MambaOut-Small"]
+    assert small == [
+        [
+            "MambaOut-Small",
+            "conv",
+            "none",
+            "ade20k",
+            "512×2048",
+            "76.0",
+            "1032",
+            "49.5",
+            "50.6",
+            "published: MambaOut paper",
+        ]
+    ]
+    plain = next(r for r in table.rows if r[0] == "PlainMamba-L3")
+    assert plain[7:9] == ["", "49.1"]
+    assert len(table.rows) == 20 and all(r[-1].startswith("published: ") for r in table.rows)
+    assert any("UperNet" in n and "512×2048" in n for n in table.notes)
+    assert any("does not run segmentation" in n for n in table.notes)
+    md = tables.to_markdown(table)
+    assert "| MambaOut-Small | conv | none | ade20k | 512×2048 | 76.0 | 1032 | 49.5 | 50.6 |" in md
+    assert "mIoU SS (\\%)" in tables.to_latex(table)

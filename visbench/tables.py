@@ -9,7 +9,9 @@ Tables written (each as ``.md``, ``.tex``, ``.csv``):
 
 - ``classification``: model, mixer, order, body, dataset, input, params, MACs, throughput, top-1
   (mean ± std over seeds, n), source;
-- ``detection``: AP^b, AP^b50, AP^b75, AP^m, AP^m50, AP^m75;
+- ``detection``: params, MACs, AP^b, AP^b50, AP^b75, AP^m, AP^m50, AP^m75;
+- ``segmentation``: ADE20K semantic segmentation, params, MACs, mIoU single- / multi-scale
+  (published rows only: visbench does not run segmentation);
 - ``causal``: measured classification grouped by (family, body, dataset), causal vs non-causal orders;
 - ``long_short``: the study's rows grouped by dataset / input, with tokens L, r = L / 6D and "long";
 - ``bench``: throughput, train throughput and peak memory per model and input size.
@@ -40,6 +42,7 @@ from visbench.results import BBOX_METRICS, SEGM_METRICS, ResultError, load_resul
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "configs" / "reference"
 MEASURED = "measured"
 CAUSAL_ORDERS = ("causal",)
+SEMSEG_METRICS = ("miou_ss", "miou_ms")  # semantic segmentation mIoU, single- / multi-scale (%)
 _REF_REQUIRED = ("model", "task", "dataset")
 _REF_NUMERIC = (
     "params_m",
@@ -49,6 +52,7 @@ _REF_NUMERIC = (
     "img_per_s",
     *BBOX_METRICS,
     *SEGM_METRICS,
+    *SEMSEG_METRICS,
 )
 _REF_KEYS = {
     *_REF_REQUIRED,
@@ -132,7 +136,9 @@ def load_reference(reference_dir: Path = REFERENCE_DIR) -> list[Row]:
                     raise ValueError(f"{path}: row {i} ({entry['model']}): {key!r} must be a number")
             size = entry.get("input_size")
             metrics = {
-                k: [float(entry[k])] for k in ("top1", "top5", *BBOX_METRICS, *SEGM_METRICS) if k in entry
+                k: [float(entry[k])]
+                for k in ("top1", "top5", *BBOX_METRICS, *SEGM_METRICS, *SEMSEG_METRICS)
+                if k in entry
             }
             rows.append(
                 Row(
@@ -261,17 +267,39 @@ def classification_table(rows: list[Row]) -> Table:
 
 def detection_table(rows: list[Row]) -> Table:
     keys = ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75"]
-    cols = ["model", "mixer", "order", "dataset", "input", "params (M)", "AP^b", "AP^b_50", "AP^b_75"]
-    cols += ["AP^m", "AP^m_50", "AP^m_75", "source"]
+    cols = ["model", "mixer", "order", "dataset", "input", "params (M)", "MACs (G)"]
+    cols += ["AP^b", "AP^b_50", "AP^b_75", "AP^m", "AP^m_50", "AP^m_75", "source"]
     det = _sorted([r for r in rows if r.task in ("detection", "instance_segmentation")])
     body = [
         [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
+        + [_num(r.macs, 1e9, 0)]
         + [_metric(r, k) for k in keys]
         + [r.source]
         for r in det
     ]
-    notes = ["Published rows: Mask R-CNN 1x on COCO; params count the whole detector."]
+    notes = [
+        "Published rows: Mask R-CNN 1x on COCO; params and MACs count the whole detector (MACs at 800×1280)."
+    ]
     return Table("detection", "Object detection and instance segmentation", cols, body, notes)
+
+
+def segmentation_table(rows: list[Row]) -> Table:
+    """Semantic segmentation rows: params, MACs, single- and multi-scale mIoU."""
+    cols = ["model", "mixer", "order", "dataset", "input", "params (M)", "MACs (G)"]
+    cols += ["mIoU SS (%)", "mIoU MS (%)", "source"]
+    body = [
+        [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
+        + [_num(r.macs, 1e9, 0)]
+        + [_metric(r, k) for k in SEMSEG_METRICS]
+        + [r.source]
+        for r in _sorted([r for r in rows if r.task == "semantic_segmentation"])
+    ]
+    notes = [
+        "Published rows: UperNet, 160k iterations, on ADE20K; params and MACs count the whole "
+        "segmentor (MACs at 512×2048). SS / MS: single- / multi-scale evaluation.",
+        "visbench does not run segmentation itself, so only published rows appear here.",
+    ]
+    return Table("segmentation", "Semantic segmentation", cols, body, notes)
 
 
 def causal_table(rows: list[Row]) -> Table:
@@ -587,8 +615,8 @@ def generate(
     results = [r for _, r in loaded]
     rows = measured_rows(r for r in results if r["task"] != "bench")
     rows += load_reference(reference_dir) if reference_dir is not None else []
-    tables = [classification_table(rows), detection_table(rows), causal_table(rows), long_short_table(rows)]
-    tables.append(bench_table(results))
+    tables = [classification_table(rows), detection_table(rows), segmentation_table(rows)]
+    tables += [causal_table(rows), long_short_table(rows), bench_table(results)]
     written: list[Path] = []
     for t in tables:
         written += write_table(t, out)
