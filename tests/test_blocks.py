@@ -1,0 +1,90 @@
+"""GatedBlock's no-grad path (backbones.blocks): same outputs as its autograd path, and really taken."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from backbones.blocks import GatedBlock
+from backbones.mixers import MIXER_ORDERS
+
+CASES = [(mixer, order) for mixer, orders in MIXER_ORDERS.items() for order in orders]
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records the names of the aten ops that run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _block(mixer: str, order: str, **kwargs) -> GatedBlock:
+    torch.manual_seed(0)
+    block = GatedBlock(48, mixer=mixer, order=order, **kwargs).eval()
+    for p in block.parameters():  # non-trivial biases, so a dropped or misplaced bias shows
+        nn.init.normal_(p, std=0.2)
+    return block
+
+
+@pytest.mark.parametrize(("mixer", "order"), CASES)
+def test_no_grad_path_equals_autograd_path(mixer: str, order: str) -> None:
+    block = _block(mixer, order)
+    x = torch.randn(2, 6, 5, 48)
+    x_before = x.clone()
+    expected = block(x)  # gradients on: the autograd path
+    with torch.no_grad():
+        got = block(x)
+    with torch.inference_mode():
+        got_inference = block(x)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_inference, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(x, x_before), "the no-grad path must not write into its input"
+
+
+@pytest.mark.parametrize("conv_ratio", [1.0, 8 / 3, 0.5])
+def test_no_grad_path_for_every_channel_split(conv_ratio: float) -> None:
+    """conv_ratio = 8/3 mixes every hidden channel (no identity part); 0.5 leaves a large one."""
+    block = _block("conv", "full", conv_ratio=conv_ratio)
+    x = torch.randn(2, 7, 7, 48)
+    expected = block(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_no_grad_path_is_taken_and_skips_the_concatenation() -> None:
+    block = _block("conv", "full")
+    x = torch.randn(1, 4, 4, 48)
+    with _OpRecorder() as grad_on:
+        block(x)
+    with torch.no_grad(), _OpRecorder() as grad_off:
+        block(x)
+    assert "cat" in grad_on.ops and "gelu" in grad_on.ops
+    assert "cat" not in grad_off.ops and "gelu_" in grad_off.ops
+
+
+def test_activation_without_in_place_twin_keeps_autograd_path() -> None:
+    torch.manual_seed(0)
+    block = GatedBlock(32, act_layer=nn.SiLU).eval()
+    x = torch.randn(1, 4, 4, 32)
+    with torch.no_grad(), _OpRecorder() as ops:
+        out = block(x)
+    assert "cat" in ops.ops
+    torch.testing.assert_close(out, block(x).detach())
+
+
+def test_training_mode_without_grad_still_applies_drop_path() -> None:
+    """A no-grad forward in train mode (e.g. a probe during training) keeps stochastic depth."""
+    torch.manual_seed(0)
+    block = GatedBlock(32, drop_path=0.5).train()
+    x = torch.randn(64, 2, 2, 32)
+    with torch.no_grad():
+        residual_branch = block(x) - x
+    dropped = (residual_branch.flatten(1).abs().amax(1) == 0).float().mean().item()
+    assert 0.2 < dropped < 0.8, f"about half of the samples should skip the branch, got {dropped:.2f}"
