@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 try:
@@ -27,6 +28,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         allow_module_level=True,
     )
 
+import backbones  # noqa: F401  (registers the backbone names with timm)
+from backbones.complexity import count_macs
 from visbench.data.coco import CocoFormatError
 from visbench.detection.checkpoints import allow_mmengine_checkpoints, mmengine_checkpoint_globals
 from visbench.detection.study import (
@@ -135,6 +138,11 @@ def test_train_then_test_write_valid_coco_results(tmp_path, canvases):
     for key in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50"):
         assert 0.0 <= result["metrics"][key] <= 100.0
     assert result["extra"]["r_tokens_over_6d"] == pytest.approx((SIDE // 4) ** 2 / (6 * DIMS[0]), rel=1e-3)
+    # whole-detector MACs on the padded first test image: the backbone's share plus neck and heads
+    # (with this narrow backbone, the RoI heads over up to 1000 proposals dominate)
+    assert result["extra"]["macs_input_shape"] == [SIDE, SIDE]
+    backbone = timm.create_model(result["model"], num_classes=0, dims=DIMS, depths=DEPTHS)
+    assert result["macs"] > 10 * count_macs(backbone, (3, SIDE, SIDE))
     (work / "result.json").unlink()
     args = parser.parse_args(
         ["test", config, "--work-dir", str(work), "--cfg-options", *cli_options(canvases, 2)]

@@ -13,7 +13,8 @@ Schema version 1: one JSON object per run, ``<run dir>/result.json``.
 - ``seed`` (int | null).
 - ``params`` (int): all parameters of the model.
 - ``macs`` (int | null): multiply-accumulates of one forward pass, batch 1, at ``input_size``
-  (``backbones.complexity.count_macs``).
+  (``backbones.complexity.count_macs``). Detection / instance segmentation: the whole detector on
+  the first test image (``extra.macs_method`` and ``extra.macs_input_shape`` say how and at what size).
 - ``metrics`` ({str: float | null}), all in PERCENT. classification: ``top1`` (required), ``top5``.
   detection: ``bbox_mAP`` (required), ``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s``/``_m``/``_l``.
   instance_segmentation: the bbox set plus ``segm_mAP`` (required) and ``segm_mAP_*``. These are

@@ -42,6 +42,32 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
+def detector_macs(model: Any, data_batch: Mapping[str, Any]) -> tuple[int, tuple[int, int]]:
+    """MACs of the whole detector on the first image of ``data_batch``, and that image's padded size.
+
+    mmdetection's own ``get_flops`` route: the data preprocessor, then the tensor-mode forward
+    (backbone, neck, RPN with its proposals, RoI heads; box decoding and NMS are not counted). The
+    counter is ours (:func:`backbones.complexity.flop_counter`), so the selective scan and CPU
+    attention are counted by their formulas, which mmengine's tracer cannot see.
+    """
+    import torch
+
+    from backbones.complexity import flop_counter
+
+    batch = {key: value[:1] for key, value in data_batch.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            data = model.data_preprocessor(batch, False)
+            with flop_counter() as counter:
+                model(data["inputs"], data["data_samples"], mode="tensor")
+    finally:
+        model.train(was_training)
+    height, width = data["inputs"].shape[-2:]
+    return counter.get_total_flops() // 2, (int(height), int(width))
+
+
 def write_detection_result(
     runner: Any, cfg: Any, metrics: Mapping[str, float], start_time: str, phase: str
 ) -> Path | None:
@@ -60,13 +86,14 @@ def write_detection_result(
     body = backbone.body
     width = body.feature_info[0]["num_chs"] if hasattr(body, "stages") else body.embed_dim
     seed = (cfg.get("randomness") or {}).get("seed")
+    macs, macs_shape = detector_macs(model, next(iter(runner.test_dataloader)))
     result = make_result(
         model=name,
         task=task,
         dataset=dataset_name_of(cfg),
         input_size=size,
         params=sum(p.numel() for p in model.parameters()),
-        macs=None,
+        macs=macs,
         metrics=schema_metrics,
         start_time=start_time,
         seed=seed,
@@ -77,6 +104,11 @@ def write_detection_result(
             "phase": phase,
             "work_dir": str(cfg.work_dir),
             "backbone_params": sum(p.numel() for p in backbone.parameters()),
+            "macs_method": (
+                "whole detector, tensor-mode forward (backbone, neck, RPN, RoI heads; no NMS) on the "
+                "first test image, padded"
+            ),
+            "macs_input_shape": list(macs_shape),
             "stage1_dim": int(width),
             "r_tokens_over_6d": round(tokens / (6 * width), 4),
             "backbone_kwargs": {k: v for k, v in cfg.model.backbone.items() if k not in ("type", "init_cfg")},
