@@ -364,3 +364,8 @@ def test_segmentation_table_from_shipped_reference_rows() -> None:
     md = tables.to_markdown(table)
     assert "| MambaOut-Small | conv | none | ade20k | 512×2048 | 76.0 | 1032 | 49.5 | 50.6 |" in md
     assert "mIoU SS (\\%)" in tables.to_latex(table)
+
+
+def test_detector_macs_keep_three_significant_figures() -> None:
+    """A tiny embedded-data detector (~2G) must not print as "2" next to COCO's 262G."""
+    assert [tables._gmacs(v) for v in (2.0066e9, 48.24e9, 262e9, None)] == ["2.01", "48.2", "262", ""]

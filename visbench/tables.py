@@ -210,6 +210,14 @@ def _num(v: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "" if v is None else f"{v / scale:.{digits}f}"
 
 
+def _gmacs(macs: float | None) -> str:
+    """MACs in G with about three significant figures (a tiny detector and COCO's 262G alike)."""
+    if macs is None:
+        return ""
+    giga = macs / 1e9
+    return f"{giga:.{2 if giga < 10 else 1 if giga < 100 else 0}f}"
+
+
 def _metric(row: Row, key: str) -> str:
     mean, std, n = row.metric(key)
     if mean is None:
@@ -272,7 +280,7 @@ def detection_table(rows: list[Row]) -> Table:
     det = _sorted([r for r in rows if r.task in ("detection", "instance_segmentation")])
     body = [
         [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
-        + [_num(r.macs, 1e9, 0)]
+        + [_gmacs(r.macs)]
         + [_metric(r, k) for k in keys]
         + [r.source]
         for r in det
@@ -289,7 +297,7 @@ def segmentation_table(rows: list[Row]) -> Table:
     cols += ["mIoU SS (%)", "mIoU MS (%)", "source"]
     body = [
         [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
-        + [_num(r.macs, 1e9, 0)]
+        + [_gmacs(r.macs)]
         + [_metric(r, k) for k in SEMSEG_METRICS]
         + [r.source]
         for r in _sorted([r for r in rows if r.task == "semantic_segmentation"])
