@@ -24,6 +24,13 @@ def _gelu_approximation(act: nn.Module) -> str | None:
     return act.approximate if type(act) is nn.GELU else None
 
 
+def _global_module_hooks() -> bool:
+    """Whether any global ``nn.Module`` forward hook is registered (``register_module_forward_hook``)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+
+
 class GatedBlock(nn.Module):
     """Gated CNN block (MambaOut) whose token operator is ``create_sequence_operator(mixer, order)``.
 
@@ -62,12 +69,21 @@ class GatedBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and self._inplace_gelu is not None:
+        if not torch.is_grad_enabled() and self._no_grad_path_applies():
             return self._forward_inference(x)
         shortcut = x
         g, i, c = torch.split(self.fc1(self.norm(x)), self.split_sizes, dim=-1)
         x = self.fc2(self.act(g) * torch.cat((i, self.mixer(c)), dim=-1))
         return self.drop_path(x) + shortcut
+
+    def _no_grad_path_applies(self) -> bool:
+        """The no-grad path calls ``fc1``'s weights and the activation directly: only take it when the
+        layers are plain ``nn.Linear`` / GELU and no hook would miss their calls or see other tensors."""
+        if self._inplace_gelu is None or type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
+            return False
+        if _global_module_hooks():
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act, self.fc2))
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same arithmetic without autograd, in fewer passes over the ``2 * hidden`` activations.
@@ -87,6 +103,8 @@ class GatedBlock(nn.Module):
         gate = torch.ops.aten.gelu_(gate_identity[..., :hidden], approximate=self._inplace_gelu)
         gate[..., :identity].mul_(gate_identity[..., hidden:])
         gate[..., identity:].mul_(self.mixer(mixed))
+        out = self.fc2(gate)
         if self.training and not isinstance(self.drop_path, nn.Identity):
-            return self.drop_path(self.fc2(gate)) + x
-        return self.fc2(gate).add_(x)
+            return self.drop_path(out) + x
+        # in place unless autocast gave ``out`` a narrower dtype than the residual stream's
+        return out.add_(x) if out.dtype == torch.result_type(out, x) else out + x

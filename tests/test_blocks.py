@@ -88,3 +88,42 @@ def test_training_mode_without_grad_still_applies_drop_path() -> None:
         residual_branch = block(x) - x
     dropped = (residual_branch.flatten(1).abs().amax(1) == 0).float().mean().item()
     assert 0.2 < dropped < 0.8, f"about half of the samples should skip the branch, got {dropped:.2f}"
+
+
+def test_no_grad_path_keeps_the_residual_stream_dtype_under_autocast() -> None:
+    """Under AMP, fc2's output is bfloat16 while the residual stream is float32: as with gradients."""
+    block = _block("conv", "full")
+    x = torch.randn(2, 5, 5, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = block(x).detach()
+        with torch.no_grad():
+            got = block(x)
+    assert got.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_hooks_and_non_linear_layers_keep_the_autograd_path() -> None:
+    """A hook on fc2 must see fc2's own output; a quantized / swapped fc1 must still be called."""
+    block = _block("conv", "full")
+    x = torch.randn(1, 4, 4, 48)
+    seen: list[torch.Tensor] = []
+    handle = block.fc2.register_forward_hook(lambda mod, inp, out: seen.append(out.clone()))
+    with torch.no_grad(), _OpRecorder() as ops:
+        out = block(x)
+    handle.remove()
+    assert "cat" in ops.ops and len(seen) == 1
+    torch.testing.assert_close(out, seen[0] + x)
+
+    class LoggingLinear(nn.Linear):
+        calls = 0
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            LoggingLinear.calls += 1
+            return super().forward(inp)
+
+    swapped = LoggingLinear(48, block.fc1.out_features)
+    swapped.load_state_dict(block.fc1.state_dict())
+    block.fc1 = swapped
+    with torch.no_grad():
+        block(x)
+    assert LoggingLinear.calls == 1

@@ -139,7 +139,7 @@ def test_train_then_test_write_valid_coco_results(tmp_path, canvases):
         assert 0.0 <= result["metrics"][key] <= 100.0
     assert result["extra"]["r_tokens_over_6d"] == pytest.approx((SIDE // 4) ** 2 / (6 * DIMS[0]), rel=1e-3)
     # whole-detector MACs on the padded first test image: the backbone's share plus neck and heads
-    # (with this narrow backbone, the RoI heads over up to 1000 proposals dominate)
+    # (with this narrow backbone the RoI heads dominate: tensor mode runs the mask head on up to 100 RoIs)
     assert result["extra"]["macs_input_shape"] == [SIDE, SIDE]
     backbone = timm.create_model(result["model"], num_classes=0, dims=DIMS, depths=DEPTHS)
     assert result["macs"] > 10 * count_macs(backbone, (3, SIDE, SIDE))

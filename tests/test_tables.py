@@ -255,7 +255,7 @@ def test_mambaout_paper_file_loads_with_its_tables(tmp_path: Path) -> None:
         ("semantic_segmentation", "ade20k", (512, 2048)),
     }
     cls = per_task[("classification", "imagenet", (224, 224))]
-    assert {"DeiT-Ti", "VMamba-T", "LocalVim-S", "EfficientVMamba-B", "PlainMamba-L3"} <= cls
+    assert {"DeiT-Ti", "VMamba-T (v1)", "LocalVim-S", "EfficientVMamba-B", "PlainMamba-L3"} <= cls
     assert not any(m.startswith(("MambaOut", "Vim-", "VMambaV9")) for m in cls)  # other files have them
     seg = per_task[("semantic_segmentation", "ade20k", (512, 2048))]
     assert {"MambaOut-Tiny", "VMambaV9-B", "PlainMamba-L2", "ConvNeXt-T", "Swin-B"} <= seg

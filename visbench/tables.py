@@ -286,7 +286,10 @@ def detection_table(rows: list[Row]) -> Table:
         for r in det
     ]
     notes = [
-        "Published rows: Mask R-CNN 1x on COCO; params and MACs count the whole detector (MACs at 800×1280)."
+        "Published rows: Mask R-CNN 1x on COCO; params and MACs count the whole detector (MACs at 800×1280).",
+        "Measured rows: MACs of the whole detector on the first test image after padding (its size is "
+        "extra.macs_input_shape in result.json); the RoI heads' share depends on how many proposals "
+        "survive the RPN.",
     ]
     return Table("detection", "Object detection and instance segmentation", cols, body, notes)
 
