@@ -60,8 +60,6 @@ class GatedBlock(nn.Module):
         self.split_sizes = (hidden, hidden - mixed, mixed)  # gate, identity, token-mixed
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.act = act_layer()
-        # The no-grad path runs ``act`` in place, which only GELU offers; None turns that path off.
-        self._inplace_gelu = _gelu_approximation(self.act)
         if mixer == "conv":
             mixer_kwargs.setdefault("kernel_size", kernel_size)
         self.mixer = create_sequence_operator(mixer, order, mixed, **mixer_kwargs)
@@ -79,7 +77,9 @@ class GatedBlock(nn.Module):
     def _no_grad_path_applies(self) -> bool:
         """The no-grad path calls ``fc1``'s weights and the activation directly: only take it when the
         layers are plain ``nn.Linear`` / GELU and no hook would miss their calls or see other tensors."""
-        if self._inplace_gelu is None or type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
+        if _gelu_approximation(self.act) is None:  # the path runs ``act`` in place: only GELU can
+            return False
+        if type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
             return False
         if _global_module_hooks():
             return False
@@ -100,7 +100,8 @@ class GatedBlock(nn.Module):
         split = hidden + identity
         gate_identity = F.linear(h, weight[:split], None if bias is None else bias[:split])
         mixed = F.linear(h, weight[split:], None if bias is None else bias[split:])
-        gate = torch.ops.aten.gelu_(gate_identity[..., :hidden], approximate=self._inplace_gelu)
+        approximate = _gelu_approximation(self.act)
+        gate = torch.ops.aten.gelu_(gate_identity[..., :hidden], approximate=approximate)
         gate[..., :identity].mul_(gate_identity[..., hidden:])
         gate[..., identity:].mul_(self.mixer(mixed))
         out = self.fc2(gate)

@@ -122,7 +122,10 @@ def time_together(runners: Sequence[Runner], warmup: int, repeats: int) -> None:
 
 
 def paired_speedup(ours: Runner, ref: Runner) -> tuple[float, float, float]:
-    """Median and quartiles of ``ref time / ours time`` over repeats timed side by side."""
+    """Median and quartiles of ``ref time / ours time`` over repeats timed side by side.
+
+    With fewer than 4 repeats the "quartiles" are the minimum and maximum.
+    """
     ratios = sorted(r / o for o, r in zip(ours.times, ref.times, strict=True))
     if len(ratios) < 4:
         median = statistics.median(ratios)

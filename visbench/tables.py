@@ -273,44 +273,52 @@ def classification_table(rows: list[Row]) -> Table:
     return Table("classification", "Image classification", cols, body, notes)
 
 
-def detection_table(rows: list[Row]) -> Table:
-    keys = ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75"]
+def _dense_task_table(
+    rows: list[Row], tasks: tuple[str, ...], metrics: dict[str, str], name: str, title: str, notes: list[str]
+) -> Table:
+    """Detection-style table: one row per model with params, MACs, then ``metrics`` (key -> column)."""
     cols = ["model", "mixer", "order", "dataset", "input", "params (M)", "MACs (G)"]
-    cols += ["AP^b", "AP^b_50", "AP^b_75", "AP^m", "AP^m_50", "AP^m_75", "source"]
-    det = _sorted([r for r in rows if r.task in ("detection", "instance_segmentation")])
+    cols += [*metrics.values(), "source"]
     body = [
-        [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
-        + [_gmacs(r.macs)]
-        + [_metric(r, k) for k in keys]
+        [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6), _gmacs(r.macs)]
+        + [_metric(r, k) for k in metrics]
         + [r.source]
-        for r in det
+        for r in _sorted([r for r in rows if r.task in tasks])
     ]
+    return Table(name, title, cols, body, notes)
+
+
+def detection_table(rows: list[Row]) -> Table:
+    metrics = {
+        "bbox_mAP": "AP^b",
+        "bbox_mAP_50": "AP^b_50",
+        "bbox_mAP_75": "AP^b_75",
+        "segm_mAP": "AP^m",
+        "segm_mAP_50": "AP^m_50",
+        "segm_mAP_75": "AP^m_75",
+    }
     notes = [
         "Published rows: Mask R-CNN 1x on COCO; params and MACs count the whole detector (MACs at 800×1280).",
         "Measured rows: MACs of the whole detector on the first test image after padding (its size is "
         "extra.macs_input_shape in result.json); the RoI heads' share depends on how many proposals "
         "survive the RPN.",
     ]
-    return Table("detection", "Object detection and instance segmentation", cols, body, notes)
+    tasks = ("detection", "instance_segmentation")
+    title = "Object detection and instance segmentation"
+    return _dense_task_table(rows, tasks, metrics, "detection", title, notes)
 
 
 def segmentation_table(rows: list[Row]) -> Table:
     """Semantic segmentation rows: params, MACs, single- and multi-scale mIoU."""
-    cols = ["model", "mixer", "order", "dataset", "input", "params (M)", "MACs (G)"]
-    cols += ["mIoU SS (%)", "mIoU MS (%)", "source"]
-    body = [
-        [r.model, r.mixer, r.order, r.dataset, _size(r.input_size), _num(r.params, 1e6)]
-        + [_gmacs(r.macs)]
-        + [_metric(r, k) for k in SEMSEG_METRICS]
-        + [r.source]
-        for r in _sorted([r for r in rows if r.task == "semantic_segmentation"])
-    ]
     notes = [
         "Published rows: UperNet, 160k iterations, on ADE20K; params and MACs count the whole "
         "segmentor (MACs at 512×2048). SS / MS: single- / multi-scale evaluation.",
         "visbench does not run segmentation itself, so only published rows appear here.",
     ]
-    return Table("segmentation", "Semantic segmentation", cols, body, notes)
+    metrics = dict(zip(SEMSEG_METRICS, ("mIoU SS (%)", "mIoU MS (%)"), strict=True))
+    return _dense_task_table(
+        rows, ("semantic_segmentation",), metrics, "segmentation", "Semantic segmentation", notes
+    )
 
 
 def causal_table(rows: list[Row]) -> Table:
