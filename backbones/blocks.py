@@ -14,21 +14,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm
 from torch import nn
 
+from backbones.inference import forward_hooks_registered, gelu_approximation
 from backbones.mixers import create_sequence_operator
 
 __all__ = ["GatedBlock"]
-
-
-def _gelu_approximation(act: nn.Module) -> str | None:
-    """``act.approximate`` if ``act`` is exactly ``nn.GELU`` (it has an in-place twin), else None."""
-    return act.approximate if type(act) is nn.GELU else None
-
-
-def _global_module_hooks() -> bool:
-    """Whether any global ``nn.Module`` forward hook is registered (``register_module_forward_hook``)."""
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 class GatedBlock(nn.Module):
@@ -77,13 +66,11 @@ class GatedBlock(nn.Module):
     def _no_grad_path_applies(self) -> bool:
         """The no-grad path calls ``fc1``'s weights and the activation directly: only take it when the
         layers are plain ``nn.Linear`` / GELU and no hook would miss their calls or see other tensors."""
-        if _gelu_approximation(self.act) is None:  # the path runs ``act`` in place: only GELU can
+        if gelu_approximation(self.act) is None:  # the path runs ``act`` in place: only GELU can
             return False
         if type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
             return False
-        if _global_module_hooks():
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in (self.fc1, self.act, self.fc2))
+        return not forward_hooks_registered(self.fc1, self.act, self.fc2)
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same arithmetic without autograd, in fewer passes over the ``2 * hidden`` activations.
@@ -100,7 +87,7 @@ class GatedBlock(nn.Module):
         split = hidden + identity
         gate_identity = F.linear(h, weight[:split], None if bias is None else bias[:split])
         mixed = F.linear(h, weight[split:], None if bias is None else bias[split:])
-        approximate = _gelu_approximation(self.act)
+        approximate = gelu_approximation(self.act)
         gate = torch.ops.aten.gelu_(gate_identity[..., :hidden], approximate=approximate)
         gate[..., :identity].mul_(gate_identity[..., hidden:])
         gate[..., identity:].mul_(self.mixer(mixed))

@@ -41,6 +41,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from backbones.inference import forward_hooks_registered, gelu_approximation
+
 __all__ = ["GatedIsotropicNet", "SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
 
 PATCH_SIZE = 16
@@ -97,6 +99,52 @@ class SelfAttention(nn.Module):
         x = x.transpose(1, 2).reshape(batch, length, dim)
         return self.proj_drop(self.proj(x))
 
+    def forward_inference(
+        self, h: torch.Tensor, shortcut: torch.Tensor, num_queries: int | None = None
+    ) -> torch.Tensor:
+        """``shortcut + self(h)`` without autograd or dropout, for the first ``num_queries`` tokens.
+
+        Fewer passes over memory than :meth:`forward`, same result to float rounding:
+
+        - the key bias is dropped: it adds ``q . b_k`` to every score of a query, which softmax ignores;
+        - the value bias is folded into ``proj``'s bias: attention rows sum to one, so it adds
+          ``W_proj @ b_v`` to every output;
+        - so ``qkv`` runs as a bias-free GEMM and only the query bias is added (``F.linear`` would first
+          copy the bias into all ``3 * dim`` outputs);
+        - ``proj`` accumulates into the new residual stream (``addmm_`` onto ``shortcut + bias``), so
+          there is no bias copy and no separate residual add.
+
+        Keys and values always come from every token; with ``num_queries`` (None: all) only the
+        first queries are computed (a causal mask stays right: query ``i`` still sees keys ``<= i``).
+        Returns a new contiguous tensor of ``shortcut``'s shape, cut to ``num_queries`` tokens.
+        """
+        batch, length, dim = h.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        weight, bias = self.qkv.weight, self.qkv.bias
+        if num_queries is None:
+            qkv = F.linear(h, weight).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            if bias is not None:
+                q.add_(bias[:dim].view(heads, 1, head_dim))
+        else:
+            kv = F.linear(h, weight[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)
+            q_bias = None if bias is None else bias[:dim]
+            q = F.linear(h[:, :num_queries], weight[:dim], q_bias)
+            q = q.view(batch, num_queries, heads, head_dim).transpose(1, 2)
+            shortcut = shortcut[:, :num_queries]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        queries = q.shape[2]
+        out = out.transpose(1, 2).reshape(batch * queries, dim)
+        proj_bias = self.proj.bias
+        if bias is not None:
+            value_term = self.proj.weight @ bias[2 * dim :]
+            proj_bias = value_term if proj_bias is None else proj_bias + value_term
+        stream = shortcut.clone() if proj_bias is None else shortcut + proj_bias
+        stream = stream.contiguous()
+        stream.view(batch * queries, dim).addmm_(out, self.proj.weight.t())
+        return stream
+
 
 class ViTBlock(nn.Module):
     """Pre-norm transformer block (attention + MLP), the layout of timm's ``vision_transformer.Block``."""
@@ -121,8 +169,48 @@ class ViTBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference_path_applies(x):
+            return self.forward_inference(x)
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def inference_path_applies(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward_inference` may stand in for :meth:`forward` on ``x``.
+
+        Its bias folding is exact only without dropout, and it writes in place: so eval mode,
+        gradients off, no autocast (which would give its in-place GEMMs mixed dtypes). It calls the
+        attention's and MLP's weights directly: so only timm's plain layers (``SelfAttention``,
+        ``Mlp`` with ``nn.Linear`` and GELU) and no forward hook on them.
+        """
+        if torch.is_grad_enabled() or self.training or torch.is_autocast_enabled(x.device.type):
+            return False
+        attn, mlp = self.attn, self.mlp
+        if type(attn) is not SelfAttention or type(mlp) is not Mlp or type(mlp.norm) is not nn.Identity:
+            return False
+        if any(type(layer) is not nn.Linear for layer in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)):
+            return False
+        if gelu_approximation(mlp.act) is None:
+            return False
+        return not forward_hooks_registered(*attn.modules(), *mlp.modules(), self.drop_path1, self.drop_path2)
+
+    def forward_inference(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """:meth:`forward` in eval mode without autograd, in fewer passes over memory.
+
+        The attention half is :meth:`SelfAttention.forward_inference`. In the MLP half GELU runs in
+        place and ``fc2`` accumulates into the residual stream (``addmm_`` onto ``x + bias``). Equal to
+        :meth:`forward` to float rounding. With ``num_queries`` only the first ``num_queries`` tokens
+        are computed and returned (keys and values still come from all): all that a class-token head
+        needs from the last block.
+        """
+        x = self.attn.forward_inference(self.norm1(x), x, num_queries)  # a new tensor: ours to write to
+        mlp = self.mlp
+        hidden = torch.ops.aten.gelu_(
+            F.linear(self.norm2(x), mlp.fc1.weight, mlp.fc1.bias), approximate=gelu_approximation(mlp.act)
+        )
+        if mlp.fc2.bias is not None:
+            x.add_(mlp.fc2.bias)
+        x.view(-1, x.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), mlp.fc2.weight.t())
+        return x
 
 
 class _IsotropicBase(nn.Module):
@@ -297,6 +385,32 @@ class VisionTransformer(_IsotropicBase):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._embed(x)
         return self.norm(self._run_blocks(x, self.blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._class_token_path_applies(x):
+            return self.forward_head(self._forward_class_token(x))
+        return self.forward_head(self.forward_features(x))
+
+    def _class_token_path_applies(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` may compute only the class token in the last block.
+
+        With ``global_pool='token'`` the head reads the class token alone, and in the last block no
+        other token's output reaches it: skipping them gives the same logits for about 7% fewer
+        MACs (vit_small). Only on the blocks' inference path, and not when a forward hook on the last
+        block, its norms or the final norm would see one token instead of all.
+        """
+        if self.global_pool != "token" or not len(self.blocks):
+            return False
+        last = self.blocks[-1]
+        if type(last) is not ViTBlock or not last.inference_path_applies(x):
+            return False
+        return not forward_hooks_registered(last, last.norm1, last.norm2, self.norm)
+
+    def _forward_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features(x)[:, :1]``: every block on all tokens, the last on the class token only."""
+        x, _ = self._embed(x)
+        x = self._run_blocks(x, self.blocks[:-1])
+        return self.norm(self.blocks[-1].forward_inference(x, num_queries=1))
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
         pool_type = self.global_pool if pool_type is None else pool_type

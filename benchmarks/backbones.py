@@ -12,10 +12,12 @@ timed forward passes (synchronised on CUDA); img/s from the median time.
 Within a pair the models are timed in turn, in ABBA order, and the speed-up is the median over
 repeats of the per-repeat ratio timm time / our time, so that load from other processes, which comes
 and goes over seconds, hits both sides of each ratio alike; the interquartile range of those ratios
-is printed next to it. Each pair is timed three ways: timm's model; ours as users run it
-(``torch.inference_mode``, which takes ``GatedBlock``'s no-grad path); and ours on its autograd
-path (gradients on, parameters frozen), which shows what the architecture alone gives. Our models
-run channels-last (their convs read NHWC); timm's run as timm ships them.
+is printed next to it. Each pair is timed four ways: timm's model; ours as users run it
+(``model(x)`` under ``torch.inference_mode``, which takes the blocks' fused inference paths and,
+for a class-token ViT, runs the last block on the class token only); ours on every token
+(``forward_head(forward_features(x))``, inference paths but no class-token shortcut); and ours on
+its autograd path (gradients on, parameters frozen), which shows what the architecture alone gives.
+Our models run channels-last (their convs read NHWC); timm's run as timm ships them.
 """
 
 from __future__ import annotations
@@ -62,11 +64,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MODES = ("inference", "all_tokens", "autograd")
+
+
 class Runner:
     """One model ready to time: built, in eval mode, on the device, with a fixed input batch.
 
-    ``no_grad_path=False`` times the model with gradients enabled (parameters frozen, so no graph is
-    kept): our blocks then take their autograd path instead of the fused no-grad one.
+    ``mode``: ``inference`` times ``model(x)`` under ``torch.inference_mode`` (as users run it);
+    ``all_tokens`` times ``forward_head(forward_features(x))`` there, so every token goes through
+    every block; ``autograd`` times ``model(x)`` with gradients enabled (parameters frozen, so no
+    graph is kept): our blocks then take their autograd path instead of the fused inference one.
     """
 
     def __init__(
@@ -76,10 +83,14 @@ class Runner:
         size: int,
         device: torch.device,
         channels_last: bool,
-        no_grad_path: bool = True,
+        mode: str = "inference",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.name = name
-        self.model: nn.Module = timm.create_model(name).eval().to(device).requires_grad_(False)
+        # ViTs (timm's and ours) are built for the input size: timm's patch embedding checks it
+        kwargs = {"img_size": size} if name.startswith("vit") else {}
+        self.model: nn.Module = timm.create_model(name, **kwargs).eval().to(device).requires_grad_(False)
         chans, *native = self.model.pretrained_cfg["input_size"]
         hw = native if name.startswith("seq_") else (size, size)  # sequence bodies read 28x28 pixels
         self.input_size = tuple(hw)
@@ -89,15 +100,18 @@ class Runner:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.device = device
         self.batch = batch
-        self.no_grad_path = no_grad_path
+        self.mode = mode
         self.times: list[float] = []
 
     def step(self, record: bool = True) -> None:
-        mode = torch.inference_mode() if self.no_grad_path else torch.enable_grad()
-        with mode:
+        grad_mode = torch.enable_grad() if self.mode == "autograd" else torch.inference_mode()
+        with grad_mode:
             _sync(self.device)
             start = time.perf_counter()
-            self.model(self.x)
+            if self.mode == "all_tokens":
+                self.model.forward_head(self.model.forward_features(self.x))
+            else:
+                self.model(self.x)
             _sync(self.device)
         if record:
             self.times.append(time.perf_counter() - start)
@@ -154,23 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     print(
-        "\n| ours | img/s | ours, autograd path | img/s | timm | img/s | ours / timm (IQR) "
-        "| autograd path / timm (IQR) |\n|---|---:|---|---:|---|---:|---:|---:|"
+        "\n| ours | img/s | timm | img/s | ours / timm (IQR) | ours, all tokens / timm (IQR) "
+        "| ours, autograd path / timm (IQR) |\n|---|---:|---|---:|---:|---:|---:|"
     )
     for ours_name, timm_name in PAIRS:
-        ours = Runner(ours_name, args.batch, args.size, device, channels_last=True)
-        plain = Runner(ours_name, args.batch, args.size, device, channels_last=True, no_grad_path=False)
+        ours = {mode: Runner(ours_name, args.batch, args.size, device, True, mode) for mode in MODES}
         ref = Runner(timm_name, args.batch, args.size, device, channels_last=False)
-        time_together([ours, plain, ref], args.warmup, args.repeats)
-        fast, fast_q1, fast_q3 = paired_speedup(ours, ref)
-        base, base_q1, base_q3 = paired_speedup(plain, ref)
+        time_together([*ours.values(), ref], args.warmup, args.repeats)
+        ratios = " | ".join(
+            "{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(runner, ref)) for runner in ours.values()
+        )
         print(
-            f"| {ours_name} | {ours.throughput:.1f} | {ours_name} | {plain.throughput:.1f} "
-            f"| {timm_name} | {ref.throughput:.1f} | {fast:.2f}x ({fast_q1:.2f}-{fast_q3:.2f}) "
-            f"| {base:.2f}x ({base_q1:.2f}-{base_q3:.2f}) |",
+            f"| {ours_name} | {ours['inference'].throughput:.1f} | {timm_name} | {ref.throughput:.1f} "
+            f"| {ratios} |",
             flush=True,
         )
-        del ours, plain, ref
+        del ours, ref
 
     if not args.only_pairs:
         print("\n| model | input | params (M) | img/s |\n|---|---|---:|---:|")

@@ -1,0 +1,200 @@
+"""ViT's inference path (backbones.isotropic): ViTBlock.forward_inference and the class-token-only last block.
+
+Every check uses random, non-zero biases: the path drops the key bias and folds the value bias into
+``proj``, and timm's init (zero biases) would hide a mistake there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import backbones.isotropic as iso
+from backbones.complexity import count_macs
+
+SIZE = 64  # 4x4 patches + class token = 17 tokens
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records each aten op that runs inside it, with the shape of its first tensor argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        shape = next((tuple(a.shape) for a in args if isinstance(a, torch.Tensor)), ())
+        self.calls.append((func.overloadpacket.__name__, shape))
+        return func(*args, **(kwargs or {}))
+
+    def shapes(self, op: str) -> list[tuple[int, ...]]:
+        return [shape for name, shape in self.calls if name == op]
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.1)
+    return module.eval()
+
+
+def _block(causal: bool = False, qkv_bias: bool = True) -> iso.ViTBlock:
+    return _randomize(iso.ViTBlock(48, num_heads=3, qkv_bias=qkv_bias, causal=causal))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_block_inference_path_equals_autograd_path(causal: bool, qkv_bias: bool) -> None:
+    block = _block(causal, qkv_bias)
+    x = torch.randn(3, 11, 48)
+    x_before = x.clone()
+    expected = block(x).detach()  # gradients on: the plain path
+    with torch.no_grad():
+        got = block(x)
+    with torch.inference_mode():
+        got_inference = block(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_inference, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(x, x_before), "the inference path must not write into its input"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_queries", [1, 4])
+def test_block_with_fewer_queries_gives_the_first_tokens(causal: bool, num_queries: int) -> None:
+    block = _block(causal)
+    x = torch.randn(2, 9, 48)
+    expected = block(x).detach()[:, :num_queries]
+    with torch.no_grad():
+        got = block.forward_inference(x, num_queries=num_queries)
+    assert got.shape == (2, num_queries, 48) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_key_bias_really_is_ignored_and_value_bias_really_is_folded() -> None:
+    """Guard against a test that cannot fail: a changed key bias leaves the output alone, a changed
+    value bias does not, on both paths."""
+    block = _block()
+    x = torch.randn(2, 7, 48)
+    with torch.no_grad():
+        before = block(x)
+        block.attn.qkv.bias[48:96] += 1.0  # key bias
+        torch.testing.assert_close(block(x), before, rtol=1e-5, atol=1e-5)
+        block.attn.qkv.bias[96:] += 1.0  # value bias
+        moved = block(x)
+    assert (moved - before).abs().max() > 1e-2
+    torch.testing.assert_close(moved, block(x).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moved, _with_grad(block, x), rtol=1e-5, atol=1e-5)
+
+
+def _with_grad(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        return module(x).detach()
+
+
+@pytest.mark.parametrize(
+    ("name", "pool", "reference_kwargs"),
+    [
+        ("vit_tiny", "token", {}),
+        ("vit_tiny", "avg", dict(global_pool="avg", fc_norm=False)),
+        ("vit_causal_tiny", "avg", dict(global_pool="avg", fc_norm=False)),
+    ],
+)
+def test_model_inference_equals_timm_and_the_autograd_path(
+    name: str, pool: str, reference_kwargs: dict
+) -> None:
+    model = _randomize(timm.create_model(name, img_size=SIZE, global_pool=pool))
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=SIZE, **reference_kwargs).eval()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        got = model(x)
+        expected = reference(x, is_causal=model.causal)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, _with_grad(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_class_token_path_runs_the_last_block_on_one_token() -> None:
+    model = _randomize(timm.create_model("vit_tiny", img_size=SIZE, depth=3))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode(), _OpRecorder() as ops:
+        model(x)
+    # GELU runs in place in every block, on 17 tokens in the first two and on the class token in the last
+    assert ops.shapes("gelu_") == [(2, 17, 768), (2, 17, 768), (2, 1, 768)]
+    assert "addmm_" in {name for name, _ in ops.calls}
+    with torch.inference_mode(), _OpRecorder() as features:
+        model.forward_features(x)
+    assert features.shapes("gelu_") == [(2, 17, 768)] * 3  # forward_features keeps every token
+    with _OpRecorder() as grad_on:
+        model(x)
+    assert not grad_on.shapes("gelu_") and not grad_on.shapes("addmm_")
+    assert grad_on.shapes("gelu") == [(2, 17, 768)] * 3
+
+
+def test_hook_on_the_last_block_sees_every_token() -> None:
+    model = _randomize(timm.create_model("vit_tiny", img_size=SIZE, depth=2))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    expected = _with_grad(model, x)
+    seen: list[tuple[int, ...]] = []
+    handle = model.blocks[-1].register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    with torch.inference_mode():
+        got = model(x)
+    handle.remove()
+    assert seen == [(2, 17, 192)]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_training_and_swapped_layers_keep_the_plain_path() -> None:
+    block = _block()
+    x = torch.randn(2, 5, 48)
+    seen: list[torch.Tensor] = []
+    handle = block.attn.proj.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        block(x)
+    handle.remove()
+    assert len(seen) == 1, "a hook on proj must fire"
+
+    block.train()
+    with torch.no_grad(), _OpRecorder() as ops:
+        block(x)
+    assert not ops.shapes("addmm_"), "train mode (dropout) must take the plain path"
+    block.eval()
+
+    class CountingLinear(nn.Linear):
+        calls = 0
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            CountingLinear.calls += 1
+            return super().forward(inp)
+
+    swapped = CountingLinear(48, 48 * 4)
+    swapped.load_state_dict(block.mlp.fc1.state_dict())
+    block.mlp.fc1 = swapped
+    with torch.no_grad():
+        block(x)
+    assert CountingLinear.calls == 1
+
+
+def test_autocast_keeps_the_plain_path_and_its_dtypes() -> None:
+    model = _randomize(timm.create_model("vit_tiny", img_size=SIZE, depth=2))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _with_grad(model, x)
+        with torch.inference_mode(), _OpRecorder() as ops:
+            got = model(x)
+    assert not ops.shapes("addmm_")
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_macs_count_every_token_of_every_block() -> None:
+    """FlopCounterMode's hooks turn the inference path off: MACs are the architecture's, not the
+    class-token shortcut's (ViT-S: 4.6 GMACs, as published)."""
+    model = timm.create_model("vit_small").eval()
+    macs = count_macs(model, (3, 224, 224))
+    assert macs == pytest.approx(4.6e9, rel=0.01)
+    with torch.inference_mode():
+        assert count_macs(model, (3, 224, 224)) == macs
