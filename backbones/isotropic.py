@@ -54,6 +54,11 @@ def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled`` that answers False for devices without autocast (``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def check_input_size(height: int, width: int, stride: int = PATCH_SIZE) -> None:
     """Raise ValueError unless both sides are positive multiples of the body's stride."""
     if height % stride or width % stride or height < stride or width < stride:
@@ -182,7 +187,7 @@ class ViTBlock(nn.Module):
         attention's and MLP's weights directly: so only timm's plain layers (``SelfAttention``,
         ``Mlp`` with ``nn.Linear`` and GELU) and no forward hook on them.
         """
-        if torch.is_grad_enabled() or self.training or torch.is_autocast_enabled(x.device.type):
+        if torch.is_grad_enabled() or self.training or _autocast_enabled(x.device.type):
             return False
         attn, mlp = self.attn, self.mlp
         if type(attn) is not SelfAttention or type(mlp) is not Mlp or type(mlp.norm) is not nn.Identity:

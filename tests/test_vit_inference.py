@@ -198,3 +198,14 @@ def test_macs_count_every_token_of_every_block() -> None:
     assert macs == pytest.approx(4.6e9, rel=0.01)
     with torch.inference_mode():
         assert count_macs(model, (3, 224, 224)) == macs
+
+
+def test_inference_path_runs_on_the_meta_device() -> None:
+    """``meta`` has no autocast: asking about it must not fail (timm builds models on meta)."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny", img_size=SIZE, depth=2).eval()
+        x = torch.empty(2, 3, SIZE, SIZE)
+    assert model.blocks[0].inference_path_applies(torch.empty(1, device="meta")) is False  # grad on
+    with torch.inference_mode():
+        assert model.blocks[0].inference_path_applies(x)
+        assert model(x).shape == (2, 1000)
