@@ -20,6 +20,11 @@ from backbones.mixers import create_sequence_operator
 __all__ = ["GatedBlock"]
 
 
+def _is_identity(module: nn.Module) -> bool:
+    """Whether ``module`` returns its input: ``nn.Identity``, or timm's ``DropPath`` in eval mode."""
+    return type(module) is nn.Identity or (type(module) is DropPath and not module.training)
+
+
 class GatedBlock(nn.Module):
     """Gated CNN block (MambaOut) whose token operator is ``create_sequence_operator(mixer, order)``.
 
@@ -66,9 +71,13 @@ class GatedBlock(nn.Module):
     def _no_grad_path_applies(self) -> bool:
         """The no-grad path calls ``fc1``'s weights and the activation directly: only take it when the
         layers are plain ``nn.Linear`` / GELU and no hook would miss their calls or see other tensors."""
+        if torch.jit.is_tracing():  # a traced graph would keep the in-place path in any grad mode
+            return False
         if gelu_approximation(self.act) is None:  # the path runs ``act`` in place: only GELU can
             return False
         if type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
+            return False
+        if any("forward" in vars(layer) for layer in (self.fc1, self.act, self.fc2)):  # patched instance
             return False
         return not forward_hooks_registered(self.fc1, self.act, self.fc2)
 
@@ -92,7 +101,7 @@ class GatedBlock(nn.Module):
         gate[..., :identity].mul_(gate_identity[..., hidden:])
         gate[..., identity:].mul_(self.mixer(mixed))
         out = self.fc2(gate)
-        if self.training and not isinstance(self.drop_path, nn.Identity):
+        if not _is_identity(self.drop_path):  # DropPath in train mode, or whatever was put in its slot
             return self.drop_path(out) + x
         # in place unless autocast gave ``out`` a narrower dtype than the residual stream's
         return out.add_(x) if out.dtype == torch.result_type(out, x) else out + x

@@ -127,10 +127,10 @@ class SelfAttention(nn.Module):
         heads, head_dim = self.num_heads, dim // self.num_heads
         weight, bias = self.qkv.weight, self.qkv.bias
         if num_queries is None:
-            qkv = F.linear(h, weight).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            if bias is not None:
-                q.add_(bias[:dim].view(heads, 1, head_dim))
+            qkv = F.linear(h, weight).view(batch, length, 3, heads, head_dim)
+            if bias is not None:  # before the split: an in-place op on an unbind output breaks autograd
+                qkv[:, :, 0].add_(bias[:dim].view(heads, head_dim))
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:
             kv = F.linear(h, weight[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)
@@ -182,21 +182,44 @@ class ViTBlock(nn.Module):
     def inference_path_applies(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward_inference` may stand in for :meth:`forward` on ``x``.
 
-        Its bias folding is exact only without dropout, and it writes in place: so eval mode,
-        gradients off, no autocast (which would give its in-place GEMMs mixed dtypes). It calls the
-        attention's and MLP's weights directly: so only timm's plain layers (``SelfAttention``,
-        ``Mlp`` with ``nn.Linear`` and GELU) and no forward hook on them.
+        Its bias folding is exact only without dropout, and it writes in place: so every submodule
+        in eval mode (MC dropout switches dropout layers back on), gradients off, no autocast (which
+        would give its in-place GEMMs mixed dtypes), no ``torch.jit.trace`` (the graph would keep
+        the path in any grad mode). It calls the attention's and MLP's weights directly: so every
+        slot holds the plain layer it imitates (:meth:`_plain_layers`), with no ``forward`` patched
+        on the instance, and no forward hook is registered below the block (a hook on ``norm2``
+        would keep a tensor the path then writes to).
         """
-        if torch.is_grad_enabled() or self.training or _autocast_enabled(x.device.type):
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or _autocast_enabled(x.device.type):
             return False
+        if type(self.attn) is not SelfAttention or type(self.mlp) is not Mlp:
+            return False
+        if any(module.training for module in self.modules()):
+            return False
+        for layer, allowed in self._plain_layers():
+            if type(layer) not in allowed or "forward" in vars(layer):
+                return False
+        return not forward_hooks_registered(*list(self.modules())[1:])
+
+    def _plain_layers(self) -> list[tuple[nn.Module, tuple[type[nn.Module], ...]]]:
+        """Each layer the inference path bypasses, with the types whose forward it reproduces."""
         attn, mlp = self.attn, self.mlp
-        if type(attn) is not SelfAttention or type(mlp) is not Mlp or type(mlp.norm) is not nn.Identity:
-            return False
-        if any(type(layer) is not nn.Linear for layer in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)):
-            return False
-        if gelu_approximation(mlp.act) is None:
-            return False
-        return not forward_hooks_registered(*attn.modules(), *mlp.modules(), self.drop_path1, self.drop_path2)
+        dropout, drop_path = (nn.Dropout, nn.Identity), (DropPath, nn.Identity)
+        return [
+            (attn, (SelfAttention,)),
+            (attn.qkv, (nn.Linear,)),
+            (attn.proj, (nn.Linear,)),
+            (attn.proj_drop, dropout),
+            (mlp, (Mlp,)),
+            (mlp.fc1, (nn.Linear,)),
+            (mlp.act, (nn.GELU,)),
+            (mlp.drop1, dropout),
+            (mlp.norm, (nn.Identity,)),
+            (mlp.fc2, (nn.Linear,)),
+            (mlp.drop2, dropout),
+            (self.drop_path1, drop_path),
+            (self.drop_path2, drop_path),
+        ]
 
     def forward_inference(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """:meth:`forward` in eval mode without autograd, in fewer passes over memory.
@@ -316,6 +339,10 @@ class _IsotropicBase(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# What ``VisionTransformer.forward`` calls; patched on an instance, they turn the class-token path off.
+_FORWARD_PIECES = ("forward_features", "forward_head", "pool", "_embed", "_run_blocks")
+
+
 class VisionTransformer(_IsotropicBase):
     """ViT/DeiT with SDPA attention; the state dict equals timm's ``VisionTransformer`` of the same size."""
 
@@ -401,13 +428,16 @@ class VisionTransformer(_IsotropicBase):
 
         With ``global_pool='token'`` the head reads the class token alone, and in the last block no
         other token's output reaches it: skipping them gives the same logits for about 7% fewer
-        MACs (vit_small). Only on the blocks' inference path, and not when a forward hook on the last
-        block, its norms or the final norm would see one token instead of all.
+        MACs (vit_small). Only on the blocks' inference path; not for a subclass or an instance
+        whose forward pieces are replaced (they would be bypassed or see one token), and not when a
+        forward hook on the last block, its norms or the final norm would see one token instead of all.
         """
-        if self.global_pool != "token" or not len(self.blocks):
+        if self.global_pool != "token" or not len(self.blocks) or type(self) is not VisionTransformer:
+            return False
+        if any(name in vars(self) for name in _FORWARD_PIECES):
             return False
         last = self.blocks[-1]
-        if type(last) is not ViTBlock or not last.inference_path_applies(x):
+        if type(last) is not ViTBlock or "forward" in vars(last) or not last.inference_path_applies(x):
             return False
         return not forward_hooks_registered(last, last.norm1, last.norm2, self.norm)
 

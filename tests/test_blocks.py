@@ -127,3 +127,45 @@ def test_hooks_and_non_linear_layers_keep_the_autograd_path() -> None:
     with torch.no_grad():
         block(x)
     assert LoggingLinear.calls == 1
+
+
+def test_drop_path_switched_back_on_or_replaced_is_applied() -> None:
+    """MC stochastic depth (block in eval, DropPath in train) and a module put in the drop-path slot."""
+    block = GatedBlock(32, drop_path=0.5).eval()
+    block.drop_path.train()
+    x = torch.randn(64, 2, 2, 32)
+    with torch.no_grad():
+        residual_branch = block(x) - x
+    dropped = (residual_branch.flatten(1).abs().amax(1) == 0).float().mean().item()
+    assert 0.2 < dropped < 0.8, f"about half of the samples should skip the branch, got {dropped:.2f}"
+
+    class Scale(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return 0.5 * t
+
+    block = _block("conv", "full")
+    block.drop_path = Scale()
+    x = torch.randn(2, 4, 4, 48)
+    expected = block(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_patched_forward_and_tracing_keep_the_autograd_path() -> None:
+    block = _block("conv", "full")
+    x = torch.randn(1, 4, 4, 48)
+    calls: list[int] = []
+    plain_forward = block.fc1.forward  # the no-grad path reads fc1's weights instead of calling it
+    block.fc1.forward = lambda t: calls.append(1) or plain_forward(t)
+    with torch.no_grad():
+        block(x)
+    assert calls == [1]
+
+    block = _block("conv", "full")
+    with torch.no_grad():
+        traced = torch.jit.trace(block, x)
+    y = x.clone().requires_grad_()
+    traced(y).sum().backward()  # the in-place no-grad path would fail here
+    expected = x.clone().requires_grad_()
+    block(expected).sum().backward()
+    torch.testing.assert_close(y.grad, expected.grad)

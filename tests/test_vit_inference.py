@@ -209,3 +209,81 @@ def test_inference_path_runs_on_the_meta_device() -> None:
     with torch.inference_mode():
         assert model.blocks[0].inference_path_applies(x)
         assert model(x).shape == (2, 1000)
+
+
+def test_dropout_switched_back_on_after_eval_keeps_the_plain_path() -> None:
+    """MC dropout: ``model.eval()``, then the dropout layers back in train mode."""
+    model = _randomize(timm.create_model("vit_tiny", img_size=SIZE, depth=2, proj_drop_rate=0.5))
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad(), _OpRecorder() as ops:
+        first, second = model(x), model(x)
+    assert not ops.shapes("addmm_")
+    assert (first - second).abs().max() > 1e-3, "dropout must still sample"
+
+
+def test_hook_on_norm2_sees_the_residual_stream_after_attention() -> None:
+    """norm2's input is the stream the inference path writes to later: a hook keeping it turns it off."""
+    block = _block()
+    x = torch.randn(2, 5, 48)
+    captured: list[torch.Tensor] = []
+    block.norm2.register_forward_hook(lambda mod, inp, out: captured.append(inp[0]))
+    expected_output = block(x).detach()
+    with torch.no_grad():
+        output = block(x)
+    torch.testing.assert_close(captured[1], captured[0].detach())
+    torch.testing.assert_close(output, expected_output)
+    assert not torch.allclose(captured[1], output)
+
+
+def test_replaced_layers_and_patched_forwards_keep_the_plain_path() -> None:
+    class Scale(nn.Module):  # e.g. a LayerScale put into a drop-path slot
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return 0.5 * t
+
+    block = _block()
+    block.drop_path1 = Scale()
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _with_grad(block, x))
+
+    block = _block()
+    calls: list[int] = []
+    plain_forward = block.attn.forward
+    block.attn.forward = lambda h: calls.append(1) or plain_forward(h)  # how attention maps get read
+    with torch.no_grad():
+        block(x)
+    assert calls == [1]
+
+
+def test_class_token_path_honours_subclasses_and_patched_pieces() -> None:
+    class PromptTuned(iso.VisionTransformer):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward_features(x) + 1.0
+
+    kwargs = dict(img_size=SIZE, embed_dim=48, depth=2, num_heads=3, num_classes=5)
+    model = _randomize(PromptTuned(**kwargs))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
+
+    plain = _randomize(iso.VisionTransformer(**kwargs))
+    plain_features = plain.forward_features
+    plain.forward_features = lambda t: plain_features(t) + 1.0
+    with torch.inference_mode():
+        torch.testing.assert_close(plain(x), plain.forward_head(plain.forward_features(x)))
+
+
+def test_graph_traced_without_grad_still_trains() -> None:
+    """``torch.jit.trace`` keeps the path it saw; under tracing the block takes the plain one."""
+    block = _block()
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        traced = torch.jit.trace(block, x)
+    y = x.clone().requires_grad_()
+    traced(y).sum().backward()
+    expected = x.clone().requires_grad_()
+    block(expected).sum().backward()
+    torch.testing.assert_close(y.grad, expected.grad)
