@@ -10,6 +10,7 @@ MACs are always counted on the modules' own forward).
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules import module as _module
 
 __all__ = ["forward_hooks_registered", "gelu_approximation"]
 
@@ -21,8 +22,6 @@ def gelu_approximation(act: nn.Module) -> str | None:
 
 def forward_hooks_registered(*modules: nn.Module) -> bool:
     """Whether a global ``nn.Module`` forward (pre-)hook, or one on any of ``modules``, is registered."""
-    from torch.nn.modules import module
-
-    if module._global_forward_hooks or module._global_forward_pre_hooks:
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)

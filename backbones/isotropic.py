@@ -182,24 +182,29 @@ class ViTBlock(nn.Module):
     def inference_path_applies(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward_inference` may stand in for :meth:`forward` on ``x``.
 
-        Its bias folding is exact only without dropout, and it writes in place: so every submodule
-        in eval mode (MC dropout switches dropout layers back on), gradients off, no autocast (which
-        would give its in-place GEMMs mixed dtypes), no ``torch.jit.trace`` (the graph would keep
-        the path in any grad mode). It calls the attention's and MLP's weights directly: so every
-        slot holds the plain layer it imitates (:meth:`_plain_layers`), with no ``forward`` patched
-        on the instance, and no forward hook is registered below the block (a hook on ``norm2``
-        would keep a tensor the path then writes to).
+        Its bias folding is exact only without dropout, and it writes in place: so eval mode for the
+        block and every layer it bypasses (MC dropout switches dropout layers back on), gradients
+        off, no autocast (which would give its in-place GEMMs mixed dtypes), no ``torch.jit.trace``
+        (the graph would keep the path in any grad mode). It calls the attention's and MLP's
+        weights directly: so every slot holds the plain layer it imitates (:meth:`_plain_layers`),
+        with no ``forward`` patched on the instance and no forward hook on it or on the norms (a
+        hook on ``norm2`` would keep a tensor the path then writes to). Called on every forward, so
+        it visits each layer once.
         """
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or _autocast_enabled(x.device.type):
+        if (
+            torch.is_grad_enabled()
+            or self.training
+            or torch.jit.is_tracing()
+            or _autocast_enabled(x.device.type)
+        ):
             return False
         if type(self.attn) is not SelfAttention or type(self.mlp) is not Mlp:
             return False
-        if any(module.training for module in self.modules()):
-            return False
-        for layer, allowed in self._plain_layers():
-            if type(layer) not in allowed or "forward" in vars(layer):
+        layers = self._plain_layers()
+        for layer, allowed in layers:
+            if type(layer) not in allowed or layer.training or "forward" in layer.__dict__:
                 return False
-        return not forward_hooks_registered(*list(self.modules())[1:])
+        return not forward_hooks_registered(self.norm1, self.norm2, *(layer for layer, _ in layers))
 
     def _plain_layers(self) -> list[tuple[nn.Module, tuple[type[nn.Module], ...]]]:
         """Each layer the inference path bypasses, with the types whose forward it reproduces."""
