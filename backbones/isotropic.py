@@ -441,6 +441,8 @@ class VisionTransformer(_IsotropicBase):
             return False
         if any(name in vars(self) for name in _FORWARD_PIECES):
             return False
+        if type(self.norm) is not nn.LayerNorm:  # it sees one token: only a per-token norm gives the same
+            return False
         last = self.blocks[-1]
         if type(last) is not ViTBlock or "forward" in vars(last) or not last.inference_path_applies(x):
             return False

@@ -269,6 +269,15 @@ def test_class_token_path_honours_subclasses_and_patched_pieces() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
 
+    class TokenMixingNorm(nn.Module):  # a final norm over tokens must see all of them
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t - t.mean(dim=1, keepdim=True)
+
+    mixed_norm = _randomize(iso.VisionTransformer(**kwargs))
+    mixed_norm.norm = TokenMixingNorm()
+    with torch.inference_mode():
+        torch.testing.assert_close(mixed_norm(x), mixed_norm.forward_head(mixed_norm.forward_features(x)))
+
     plain = _randomize(iso.VisionTransformer(**kwargs))
     plain_features = plain.forward_features
     plain.forward_features = lambda t: plain_features(t) + 1.0
