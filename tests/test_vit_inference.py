@@ -9,29 +9,13 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from op_recorder import OpRecorder
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import backbones.isotropic as iso
 from backbones.complexity import count_macs
 
 SIZE = 64  # 4x4 patches + class token = 17 tokens
-
-
-class _OpRecorder(TorchDispatchMode):
-    """Records each aten op that runs inside it, with the shape of its first tensor argument."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, tuple[int, ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        shape = next((tuple(a.shape) for a in args if isinstance(a, torch.Tensor)), ())
-        self.calls.append((func.overloadpacket.__name__, shape))
-        return func(*args, **(kwargs or {}))
-
-    def shapes(self, op: str) -> list[tuple[int, ...]]:
-        return [shape for name, shape in self.calls if name == op]
 
 
 def _randomize(module: nn.Module) -> nn.Module:
@@ -120,15 +104,15 @@ def test_model_inference_equals_timm_and_the_autograd_path(
 def test_class_token_path_runs_the_last_block_on_one_token() -> None:
     model = _randomize(timm.create_model("vit_tiny", img_size=SIZE, depth=3))
     x = torch.randn(2, 3, SIZE, SIZE)
-    with torch.inference_mode(), _OpRecorder() as ops:
+    with torch.inference_mode(), OpRecorder() as ops:
         model(x)
     # GELU runs in place in every block, on 17 tokens in the first two and on the class token in the last
     assert ops.shapes("gelu_") == [(2, 17, 768), (2, 17, 768), (2, 1, 768)]
-    assert "addmm_" in {name for name, _ in ops.calls}
-    with torch.inference_mode(), _OpRecorder() as features:
+    assert "addmm_" in ops.ops
+    with torch.inference_mode(), OpRecorder() as features:
         model.forward_features(x)
     assert features.shapes("gelu_") == [(2, 17, 768)] * 3  # forward_features keeps every token
-    with _OpRecorder() as grad_on:
+    with OpRecorder() as grad_on:
         model(x)
     assert not grad_on.shapes("gelu_") and not grad_on.shapes("addmm_")
     assert grad_on.shapes("gelu") == [(2, 17, 768)] * 3
@@ -158,7 +142,7 @@ def test_hooks_training_and_swapped_layers_keep_the_plain_path() -> None:
     assert len(seen) == 1, "a hook on proj must fire"
 
     block.train()
-    with torch.no_grad(), _OpRecorder() as ops:
+    with torch.no_grad(), OpRecorder() as ops:
         block(x)
     assert not ops.shapes("addmm_"), "train mode (dropout) must take the plain path"
     block.eval()
@@ -183,7 +167,7 @@ def test_autocast_keeps_the_plain_path_and_its_dtypes() -> None:
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = _with_grad(model, x)
-        with torch.inference_mode(), _OpRecorder() as ops:
+        with torch.inference_mode(), OpRecorder() as ops:
             got = model(x)
     assert not ops.shapes("addmm_")
     assert got.dtype == expected.dtype
@@ -218,7 +202,7 @@ def test_dropout_switched_back_on_after_eval_keeps_the_plain_path() -> None:
         if isinstance(module, nn.Dropout):
             module.train()
     x = torch.randn(2, 3, SIZE, SIZE)
-    with torch.no_grad(), _OpRecorder() as ops:
+    with torch.no_grad(), OpRecorder() as ops:
         first, second = model(x), model(x)
     assert not ops.shapes("addmm_")
     assert (first - second).abs().max() > 1e-3, "dropout must still sample"
