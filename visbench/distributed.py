@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,16 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group while the interpreter is still whole.
+
+    Garbage is collected first: a DDP model caught in a reference cycle (mmengine's Runner makes
+    some) keeps the group alive past ``destroy_process_group``, and then gloo's worker threads
+    free their last collective's tensors during interpreter shutdown, when they can no longer take
+    the GIL, and the process aborts ("terminate called without an active exception"). Once
+    nothing holds the group, its destructor joins those threads here.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

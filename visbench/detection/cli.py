@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from visbench.detection import runner
+    from visbench.distributed import cleanup_distributed
 
     runner.require_mmdet()
     cfg = runner.load_config(
@@ -83,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
         backbone_checkpoint=args.backbone_checkpoint,
         seed=args.seed,
     )
-    if args.action == "train":
-        metrics, path = runner.train(cfg)
-    else:
-        metrics, path = runner.test(cfg, args.checkpoint)
+    try:
+        if args.action == "train":
+            metrics, path = runner.train(cfg)
+        else:
+            metrics, path = runner.test(cfg, args.checkpoint)
+    finally:
+        cleanup_distributed()  # mmengine's Runner leaves the process group up
     if path is not None:
         shown = {k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))}
         print(json.dumps(shown, indent=1))
