@@ -129,3 +129,13 @@ def test_meta_model_counts_like_a_cpu_model() -> None:
     by_kind = count_macs_by_kind(meta, (3, 64, 64))
     assert sum(by_kind.values()) == count_macs(cpu, (3, 64, 64))
     assert by_kind["token_mixing"] > 0
+
+
+@pytest.mark.parametrize("name", ["gated_cnn_femto", "vit_tiny"])
+def test_kinds_sum_to_count_macs_past_the_inference_paths(name: str) -> None:
+    """count_macs_by_kind runs without gradients, where the blocks would take their inference paths
+    (oneDNN GEMMs it cannot see, the ViT's class token alone in the last block): it must not."""
+    import backbones  # noqa: F401  (registers the names)
+
+    model = timm.create_model(name, img_size=64).eval()
+    assert sum(count_macs_by_kind(model, (3, 64, 64)).values()) == count_macs(model, (3, 64, 64))
