@@ -10,10 +10,10 @@ the depthwise conv is one choice of token operator (``mixer="conv"``) among
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm
 from torch import nn
 
+from backbones.cpu_gemm import linear, linear_add, linear_gelu
 from backbones.inference import forward_hooks_registered, gelu_approximation
 from backbones.mixers import create_sequence_operator
 
@@ -84,24 +84,29 @@ class GatedBlock(nn.Module):
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same arithmetic without autograd, in fewer passes over the ``2 * hidden`` activations.
 
-        ``fc1`` runs as two GEMMs over row blocks of its weight, so the token-mixed channels come
-        out contiguous (no copy before the operator) and the gate and identity channels share one
-        buffer; the gate is then multiplied in place, block by block, so ``cat`` disappears, and
-        GELU and the residual add run in place too. Used when gradients are off (``torch.no_grad``,
-        ``torch.inference_mode``); equal to :meth:`forward`'s autograd path to float rounding.
+        ``fc1`` runs as three GEMMs over row blocks of its weight: the gate with GELU fused (or in
+        place), the identity channels, and the token-mixed channels, which so come out contiguous
+        (no copy before the operator). The gate is then multiplied in place, block by block, so
+        ``cat`` disappears, and ``fc2`` adds into the residual stream inside its GEMM. The GEMMs go
+        through :mod:`backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere). Used when
+        gradients are off (``torch.no_grad``, ``torch.inference_mode``); equal to :meth:`forward`'s
+        autograd path to float rounding.
         """
         hidden, identity, _ = self.split_sizes
         h = self.norm(x)
         weight, bias = self.fc1.weight, self.fc1.bias
         split = hidden + identity
-        gate_identity = F.linear(h, weight[:split], None if bias is None else bias[:split])
-        mixed = F.linear(h, weight[split:], None if bias is None else bias[split:])
-        approximate = gelu_approximation(self.act)
-        gate = torch.ops.aten.gelu_(gate_identity[..., :hidden], approximate=approximate)
-        gate[..., :identity].mul_(gate_identity[..., hidden:])
-        gate[..., identity:].mul_(self.mixer(mixed))
-        out = self.fc2(gate)
+
+        def rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return weight[start:stop], None if bias is None else bias[start:stop]
+
+        gate = linear_gelu(h, *rows(0, hidden), gelu_approximation(self.act))
+        if identity:
+            gate[..., :identity].mul_(linear(h, *rows(hidden, split)))
+        gate[..., identity:].mul_(self.mixer(linear(h, *rows(split, weight.shape[0]))))
+        fc2 = self.fc2
         if not _is_identity(self.drop_path):  # DropPath in train mode, or whatever was put in its slot
-            return self.drop_path(out) + x
-        # in place unless autocast gave ``out`` a narrower dtype than the residual stream's
-        return out.add_(x) if out.dtype == torch.result_type(out, x) else out + x
+            return self.drop_path(linear(gate, fc2.weight, fc2.bias)) + x
+        if torch.is_autocast_enabled(x.device.type):  # the product is narrower than the residual stream
+            return linear(gate, fc2.weight, fc2.bias) + x
+        return linear_add(gate, fc2.weight, fc2.bias, x)

@@ -41,6 +41,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from backbones.cpu_gemm import linear, linear_add, linear_gelu
 from backbones.inference import forward_hooks_registered, gelu_approximation
 
 __all__ = ["GatedIsotropicNet", "SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
@@ -116,8 +117,10 @@ class SelfAttention(nn.Module):
           ``W_proj @ b_v`` to every output;
         - so ``qkv`` runs as a bias-free GEMM and only the query bias is added (``F.linear`` would first
           copy the bias into all ``3 * dim`` outputs);
-        - ``proj`` accumulates into the new residual stream (``addmm_`` onto ``shortcut + bias``), so
-          there is no bias copy and no separate residual add.
+        - ``proj`` adds into the new residual stream inside the GEMM (:func:`backbones.cpu_gemm.linear_add`),
+          so there is no bias copy and no separate residual add.
+
+        The GEMMs go through :mod:`backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere).
 
         Keys and values always come from every token; with ``num_queries`` (None: all) only the
         first queries are computed (a causal mask stays right: query ``i`` still sees keys ``<= i``).
@@ -127,28 +130,24 @@ class SelfAttention(nn.Module):
         heads, head_dim = self.num_heads, dim // self.num_heads
         weight, bias = self.qkv.weight, self.qkv.bias
         if num_queries is None:
-            qkv = F.linear(h, weight).view(batch, length, 3, heads, head_dim)
+            qkv = linear(h, weight).view(batch, length, 3, heads, head_dim)
             if bias is not None:  # before the split: an in-place op on an unbind output breaks autograd
                 qkv[:, :, 0].add_(bias[:dim].view(heads, head_dim))
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            kv = F.linear(h, weight[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+            kv = linear(h, weight[dim:]).view(batch, length, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)
             q_bias = None if bias is None else bias[:dim]
-            q = F.linear(h[:, :num_queries], weight[:dim], q_bias)
+            q = linear(h[:, :num_queries], weight[:dim], q_bias)
             q = q.view(batch, num_queries, heads, head_dim).transpose(1, 2)
             shortcut = shortcut[:, :num_queries]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        queries = q.shape[2]
-        out = out.transpose(1, 2).reshape(batch * queries, dim)
+        out = out.transpose(1, 2).reshape(batch, q.shape[2], dim)
         proj_bias = self.proj.bias
         if bias is not None:
             value_term = self.proj.weight @ bias[2 * dim :]
             proj_bias = value_term if proj_bias is None else proj_bias + value_term
-        stream = shortcut.clone() if proj_bias is None else shortcut + proj_bias
-        stream = stream.contiguous()
-        stream.view(batch * queries, dim).addmm_(out, self.proj.weight.t())
-        return stream
+        return linear_add(out, self.proj.weight, proj_bias, shortcut)
 
 
 class ViTBlock(nn.Module):
@@ -229,21 +228,16 @@ class ViTBlock(nn.Module):
     def forward_inference(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """:meth:`forward` in eval mode without autograd, in fewer passes over memory.
 
-        The attention half is :meth:`SelfAttention.forward_inference`. In the MLP half GELU runs in
-        place and ``fc2`` accumulates into the residual stream (``addmm_`` onto ``x + bias``). Equal to
-        :meth:`forward` to float rounding. With ``num_queries`` only the first ``num_queries`` tokens
-        are computed and returned (keys and values still come from all): all that a class-token head
-        needs from the last block.
+        The attention half is :meth:`SelfAttention.forward_inference`. In the MLP half GELU is fused
+        into ``fc1`` (or runs in place) and ``fc2`` adds into the residual stream inside the GEMM
+        (:mod:`backbones.cpu_gemm`). Equal to :meth:`forward` to float rounding. With ``num_queries``
+        only the first ``num_queries`` tokens are computed and returned (keys and values still come
+        from all): all that a class-token head needs from the last block.
         """
-        x = self.attn.forward_inference(self.norm1(x), x, num_queries)  # a new tensor: ours to write to
+        x = self.attn.forward_inference(self.norm1(x), x, num_queries)
         mlp = self.mlp
-        hidden = torch.ops.aten.gelu_(
-            F.linear(self.norm2(x), mlp.fc1.weight, mlp.fc1.bias), approximate=gelu_approximation(mlp.act)
-        )
-        if mlp.fc2.bias is not None:
-            x.add_(mlp.fc2.bias)
-        x.view(-1, x.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), mlp.fc2.weight.t())
-        return x
+        hidden = linear_gelu(self.norm2(x), mlp.fc1.weight, mlp.fc1.bias, gelu_approximation(mlp.act))
+        return linear_add(hidden, mlp.fc2.weight, mlp.fc2.bias, x)
 
 
 class _IsotropicBase(nn.Module):

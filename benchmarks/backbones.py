@@ -12,17 +12,21 @@ timed forward passes (synchronised on CUDA); img/s from the median time.
 Within a pair the models are timed in turn, in ABBA order, and the speed-up is the median over
 repeats of the per-repeat ratio timm time / our time, so that load from other processes, which comes
 and goes over seconds, hits both sides of each ratio alike; the interquartile range of those ratios
-is printed next to it. Each pair is timed four ways: timm's model; ours as users run it
-(``model(x)`` under ``torch.inference_mode``, which takes the blocks' fused inference paths and,
-for a class-token ViT, runs the last block on the class token only); ours on every token
-(``forward_head(forward_features(x))``, inference paths but no class-token shortcut); and ours on
-its autograd path (gradients on, parameters frozen), which shows what the architecture alone gives.
-Our models run channels-last (their convs read NHWC); timm's run as timm ships them.
+is printed next to it. Each pair is timed five ways: timm's model; ours as users run it
+(``model(x)`` under ``torch.inference_mode``, which takes the blocks' fused inference paths, with
+their GEMMs on oneDNN on CPU (``backbones.cpu_gemm``), and, for a class-token ViT, runs the last
+block on the class token only); the same with PyTorch's BLAS GEMMs (``VISBENCH_CPU_GEMM=blas``, what
+``F.linear`` and timm use); ours on every token (``forward_head(forward_features(x))``, inference
+paths but no class-token shortcut); and ours on its autograd path (gradients on, parameters frozen),
+which shows what the architecture alone gives. Our models run channels-last (their convs read NHWC);
+timm's run as timm ships them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backbones.hierarchical  # noqa: E402,F401  (registers the names with timm)
 import backbones.isotropic  # noqa: E402,F401
 import backbones.sequence  # noqa: E402,F401
+from backbones.cpu_gemm import BACKEND_ENV  # noqa: E402
 
 PAIRS = (("gated_cnn_tiny", "mambaout_tiny"), ("vit_small", "vit_small_patch16_224"))
 TINY = (
@@ -64,15 +69,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-MODES = ("inference", "all_tokens", "autograd")
+MODES = ("inference", "inference_blas", "all_tokens", "autograd")
+
+
+@contextlib.contextmanager
+def gemm_backend(choice: str | None):
+    """Set ``VISBENCH_CPU_GEMM`` to ``choice`` for the block (None: leave it as the user set it)."""
+    if choice is None:
+        yield
+        return
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = choice
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[BACKEND_ENV]
+        else:
+            os.environ[BACKEND_ENV] = before
 
 
 class Runner:
     """One model ready to time: built, in eval mode, on the device, with a fixed input batch.
 
     ``mode``: ``inference`` times ``model(x)`` under ``torch.inference_mode`` (as users run it);
-    ``all_tokens`` times ``forward_head(forward_features(x))`` there, so every token goes through
-    every block; ``autograd`` times ``model(x)`` with gradients enabled (parameters frozen, so no
+    ``inference_blas`` the same with the inference paths' GEMMs on PyTorch's BLAS; ``all_tokens``
+    times ``forward_head(forward_features(x))`` there, so every token goes through every block;
+    ``autograd`` times ``model(x)`` with gradients enabled (parameters frozen, so no
     graph is kept): our blocks then take their autograd path instead of the fused inference one.
     """
 
@@ -105,7 +128,7 @@ class Runner:
 
     def step(self, record: bool = True) -> None:
         grad_mode = torch.enable_grad() if self.mode == "autograd" else torch.inference_mode()
-        with grad_mode:
+        with grad_mode, gemm_backend("blas" if self.mode == "inference_blas" else None):
             _sync(self.device)
             start = time.perf_counter()
             if self.mode == "all_tokens":
@@ -168,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     print(
-        "\n| ours | img/s | timm | img/s | ours / timm (IQR) | ours, all tokens / timm (IQR) "
-        "| ours, autograd path / timm (IQR) |\n|---|---:|---|---:|---:|---:|---:|"
+        "\n| ours | img/s | timm | img/s | ours / timm (IQR) | ours, BLAS GEMMs / timm (IQR) "
+        "| ours, all tokens / timm (IQR) | ours, autograd path / timm (IQR) |"
+        "\n|---|---:|---|---:|---:|---:|---:|---:|"
     )
     for ours_name, timm_name in PAIRS:
         ours = {mode: Runner(ours_name, args.batch, args.size, device, True, mode) for mode in MODES}

@@ -22,7 +22,7 @@ def _block(mixer: str, order: str, **kwargs) -> GatedBlock:
 
 
 @pytest.mark.parametrize(("mixer", "order"), CASES)
-def test_no_grad_path_equals_autograd_path(mixer: str, order: str) -> None:
+def test_no_grad_path_equals_autograd_path(mixer: str, order: str, gemm_backend: str) -> None:
     block = _block(mixer, order)
     x = torch.randn(2, 6, 5, 48)
     x_before = x.clone()
@@ -37,7 +37,7 @@ def test_no_grad_path_equals_autograd_path(mixer: str, order: str) -> None:
 
 
 @pytest.mark.parametrize("conv_ratio", [1.0, 8 / 3, 0.5])
-def test_no_grad_path_for_every_channel_split(conv_ratio: float) -> None:
+def test_no_grad_path_for_every_channel_split(conv_ratio: float, gemm_backend: str) -> None:
     """conv_ratio = 8/3 mixes every hidden channel (no identity part); 0.5 leaves a large one."""
     block = _block("conv", "full", conv_ratio=conv_ratio)
     x = torch.randn(2, 7, 7, 48)
@@ -83,7 +83,7 @@ def _assert_drops_about_half_the_samples(block: GatedBlock) -> None:
     assert 0.2 < dropped < 0.8, f"about half of the samples should skip the branch, got {dropped:.2f}"
 
 
-def test_no_grad_path_keeps_the_residual_stream_dtype_under_autocast() -> None:
+def test_no_grad_path_keeps_the_residual_stream_dtype_under_autocast(gemm_backend: str) -> None:
     """Under AMP, fc2's output is bfloat16 while the residual stream is float32: as with gradients."""
     block = _block("conv", "full")
     x = torch.randn(2, 5, 5, 48)

@@ -32,7 +32,7 @@ def _block(causal: bool = False, qkv_bias: bool = True) -> iso.ViTBlock:
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("qkv_bias", [True, False])
-def test_block_inference_path_equals_autograd_path(causal: bool, qkv_bias: bool) -> None:
+def test_block_inference_path_equals_autograd_path(causal: bool, qkv_bias: bool, gemm_backend: str) -> None:
     block = _block(causal, qkv_bias)
     x = torch.randn(3, 11, 48)
     x_before = x.clone()
@@ -48,7 +48,9 @@ def test_block_inference_path_equals_autograd_path(causal: bool, qkv_bias: bool)
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("num_queries", [1, 4])
-def test_block_with_fewer_queries_gives_the_first_tokens(causal: bool, num_queries: int) -> None:
+def test_block_with_fewer_queries_gives_the_first_tokens(
+    causal: bool, num_queries: int, gemm_backend: str
+) -> None:
     block = _block(causal)
     x = torch.randn(2, 9, 48)
     expected = block(x).detach()[:, :num_queries]
@@ -58,7 +60,7 @@ def test_block_with_fewer_queries_gives_the_first_tokens(causal: bool, num_queri
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_key_bias_really_is_ignored_and_value_bias_really_is_folded() -> None:
+def test_key_bias_really_is_ignored_and_value_bias_really_is_folded(gemm_backend: str) -> None:
     """Guard against a test that cannot fail: a changed key bias leaves the output alone, a changed
     value bias does not, on both paths."""
     block = _block()
@@ -88,7 +90,7 @@ def _with_grad(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ],
 )
 def test_model_inference_equals_timm_and_the_autograd_path(
-    name: str, pool: str, reference_kwargs: dict
+    name: str, pool: str, reference_kwargs: dict, gemm_backend: str
 ) -> None:
     model = _randomize(timm.create_model(name, img_size=SIZE, global_pool=pool))
     reference = timm.create_model("vit_tiny_patch16_224", img_size=SIZE, **reference_kwargs).eval()
