@@ -1,11 +1,12 @@
 """Linear layers for the blocks' no-grad inference paths: oneDNN's GEMM on CPU, PyTorch's BLAS elsewhere.
 
-Why: for float32 on CPU, ``F.linear`` calls MKL's sgemm. On AMD processors MKL takes a code path that
-leaves much of the chip unused, while oneDNN (which PyTorch also ships, as ``torch.ops.mkldnn``) picks
-its kernels by instruction set. On a 2-core AMD EPYC (Zen 5, AVX-512) oneDNN ran ViT-S's four linear
-shapes at 430-470 GFLOP/s against MKL's 200 (``benchmarks/backbones.py`` shows the effect on whole
-models). oneDNN also fuses GELU and the residual add into the GEMM (post-ops), which saves a pass over
-the output each. Results are float32 GEMMs either way (sums in another order: equal to float rounding).
+Why: for float32 on CPU, ``F.linear`` calls MKL's sgemm, which is not tuned for AMD processors, while
+oneDNN (which PyTorch also ships, as ``torch.ops.mkldnn``) picks its kernels by instruction set. On a
+2-core AMD EPYC (Zen 5, AVX-512) oneDNN ran ViT-S's and MambaOut-T's linear shapes 1.9x-2.1x faster
+than MKL (``benchmarks/cpu_gemm.py`` measures a CPU;
+``benchmarks/backbones.py`` the effect on whole models). oneDNN also fuses GELU and the residual add
+into the GEMM (post-ops), which saves a pass over the output each. Results are float32 GEMMs either
+way (sums in another order: equal to float rounding).
 
 ``VISBENCH_CPU_GEMM`` picks the back end: ``auto`` (default: oneDNN when PyTorch has it), ``onednn``
 (an error when it is missing) or ``blas`` (``F.linear`` / ``addmm_``, as before). Only plain eager
