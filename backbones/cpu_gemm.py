@@ -8,19 +8,21 @@ than MKL (``benchmarks/cpu_gemm.py`` measures a CPU;
 into the GEMM (post-ops), which saves a pass over the output each. Results are float32 GEMMs either
 way (sums in another order: equal to float rounding).
 
-``VISBENCH_CPU_GEMM`` picks the back end: ``auto`` (default: oneDNN when PyTorch has it), ``onednn``
-(an error when it is missing) or ``blas`` (``F.linear`` / ``addmm_``, as before). Only plain eager
-float32 CPU tensors without autograd or autocast go to oneDNN. Everything else takes the BLAS route,
-so these functions can stand in for ``F.linear`` anywhere: CUDA, other dtypes, autocast, gradients,
-and also tensor subclasses (fake tensors), ``torch.compile`` (inductor makes its own choice) and any
-active dispatch mode: FLOP counters (``backbones.complexity``) and other tools that read the aten ops
-know ``addmm`` but neither oneDNN's ops nor their cost.
+``VISBENCH_CPU_GEMM`` picks the back end: ``auto`` (default: oneDNN on x86-64 when PyTorch has it;
+measured only there), ``onednn`` (an error when it is missing) or ``blas`` (``F.linear`` /
+``addmm_``, as before). Only plain eager float32 CPU tensors without autograd or autocast go to
+oneDNN. Everything else takes the BLAS route, so these functions can stand in for ``F.linear``
+anywhere: CUDA, other dtypes, autocast, gradients, and also tensor subclasses (fake tensors),
+``torch.compile`` (inductor makes its own choice) and any active dispatch mode: FLOP counters
+(``backbones.complexity``) and other tools that read the aten ops know ``addmm`` but neither
+oneDNN's ops nor their cost.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,8 @@ __all__ = ["BACKEND_ENV", "gemm_backend", "linear", "linear_add", "linear_gelu"]
 
 BACKEND_ENV = "VISBENCH_CPU_GEMM"
 _BACKENDS = ("auto", "onednn", "blas")
+# where the oneDNN route was measured to pay; elsewhere (Arm's oneDNN builds) auto keeps BLAS
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 @functools.cache
@@ -48,7 +52,9 @@ def gemm_backend() -> str:
             f"{BACKEND_ENV}=onednn, but this PyTorch has no usable oneDNN linear "
             "(torch.backends.mkldnn unavailable or disabled); use auto or blas"
         )
-    return "onednn" if choice != "blas" and available else "blas"
+    if choice == "auto":
+        return "onednn" if available and _X86_64 else "blas"
+    return choice
 
 
 def _dispatch_mode_active() -> bool:

@@ -83,10 +83,10 @@ def test_strided_inputs(gemm_backend: str) -> None:
         )
 
 
-def test_only_plain_eager_float32_without_autograd_reaches_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("gemm_backend", ["onednn"], indirect=True)
+def test_only_plain_eager_float32_without_autograd_reaches_onednn(gemm_backend: str) -> None:
     """oneDNN's ops have no autograd formula, ignore autocast, and neither fake tensors nor FLOP
     counters know them: such calls take F.linear / addmm_."""
-    monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "auto")
     x, weight, b = _operands((3, 24), 8)
     residual = torch.randn(3, 8)
     with torch.no_grad():
@@ -118,12 +118,19 @@ def test_models_run_their_gemms_on_the_chosen_backend(name: str, gemm_backend: s
     assert ("aten::addmm_" in ran) == (gemm_backend == "blas")
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
 def test_backend_choice_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "blas")
     assert cpu_gemm.gemm_backend() == "blas"
     monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "mkl")
     with pytest.raises(ValueError, match="VISBENCH_CPU_GEMM='mkl': expected one of auto, onednn, blas"):
         cpu_gemm.gemm_backend()
+    monkeypatch.setattr(cpu_gemm, "_X86_64", False)  # auto keeps oneDNN to where it was measured
+    monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "auto")
+    assert cpu_gemm.gemm_backend() == "blas"
+    monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "onednn")
+    assert cpu_gemm.gemm_backend() == "onednn"
+    monkeypatch.setattr(cpu_gemm, "_X86_64", True)
     with torch.backends.mkldnn.flags(enabled=False):
         monkeypatch.setenv(cpu_gemm.BACKEND_ENV, "auto")
         assert cpu_gemm.gemm_backend() == "blas"
