@@ -14,7 +14,7 @@ from timm.layers import DropPath, LayerNorm
 from torch import nn
 
 from backbones.cpu_gemm import linear, linear_add, linear_gelu
-from backbones.inference import forward_hooks_registered, gelu_approximation
+from backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
 from backbones.mixers import create_sequence_operator
 
 __all__ = ["GatedBlock"]
@@ -107,6 +107,6 @@ class GatedBlock(nn.Module):
         fc2 = self.fc2
         if not _is_identity(self.drop_path):  # DropPath in train mode, or whatever was put in its slot
             return self.drop_path(linear(gate, fc2.weight, fc2.bias)) + x
-        if torch.is_autocast_enabled(x.device.type):  # the product is narrower than the residual stream
+        if autocast_enabled(x.device.type):  # the product is narrower than the residual stream
             return linear(gate, fc2.weight, fc2.bias) + x
         return linear_add(gate, fc2.weight, fc2.bias, x)

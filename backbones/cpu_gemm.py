@@ -12,10 +12,11 @@ way (sums in another order: equal to float rounding).
 measured only there), ``onednn`` (an error when it is missing) or ``blas`` (``F.linear`` /
 ``addmm_``, as before). Only plain eager float32 CPU tensors without autograd or autocast go to
 oneDNN. Everything else takes the BLAS route, so these functions can stand in for ``F.linear``
-anywhere: CUDA, other dtypes, autocast, gradients, and also tensor subclasses (fake tensors),
-``torch.compile`` (inductor makes its own choice) and any active dispatch mode: FLOP counters
-(``backbones.complexity``) and other tools that read the aten ops know ``addmm`` but neither
-oneDNN's ops nor their cost.
+anywhere: CUDA, other dtypes, autocast, gradients, forward-mode AD and ``torch.func`` transforms
+(oneDNN's ops have no derivatives), a strided or broadcast bias, tensor subclasses (fake tensors),
+``torch.jit.trace``, ``torch.compile`` (inductor makes its own choice) and any active dispatch
+mode: FLOP counters (``backbones.complexity``) and other tools that read the aten ops know
+``addmm`` but neither oneDNN's ops nor their cost.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import platform
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 __all__ = ["BACKEND_ENV", "gemm_backend", "linear", "linear_add", "linear_gelu"]
 
@@ -63,16 +65,33 @@ def _dispatch_mode_active() -> bool:
     return stack_depth is None or stack_depth() > 0  # unknown: assume one is, and stay on aten ops
 
 
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _derivative_transform_active() -> bool:
+    """Whether forward-mode AD (a dual level) or a ``torch.func`` transform (jvp, vmap, grad) is on:
+    oneDNN's ops have no derivative formulas, so tangents would be dropped without a word."""
+    functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
+    if functorch_level is None or functorch_level() is not None:  # unknown counts as on
+        return True
+    return getattr(forward_ad, "_current_level", 0) >= 0
+
+
+def _plain_operand(t: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
+    """oneDNN reads weight and bias as dense float32 memory of exactly their own shape."""
+    return t is None or (t.dtype == torch.float32 and t.shape == shape and t.is_contiguous())
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (
         not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and type(x) is torch.Tensor
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and weight.dtype == torch.float32
         and weight.dim() == 2
+        and weight.dtype == torch.float32
+        and _plain_operand(bias, (weight.shape[0],))
         and not torch.is_grad_enabled()  # the oneDNN ops have no autograd formula
         and not torch.is_autocast_enabled("cpu")  # autocast would give F.linear a bfloat16 result
+        and not _derivative_transform_active()
         and not _dispatch_mode_active()
         and gemm_backend() == "onednn"
     )
@@ -80,7 +99,7 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``."""
-    if _onednn_applies(x, weight):
+    if _onednn_applies(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -89,7 +108,7 @@ def linear_gelu(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none"
 ) -> torch.Tensor:
     """``F.gelu(F.linear(x, weight, bias), approximate=approximate)``, GELU fused or in place."""
-    if _onednn_applies(x, weight):
+    if _onednn_applies(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
     return torch.ops.aten.gelu_(F.linear(x, weight, bias), approximate=approximate)
 
@@ -108,7 +127,7 @@ def linear_add(
             f"residual of shape {tuple(residual.shape)} does not match the output of a linear layer "
             f"{in_features}->{out_features} on input {tuple(x.shape)}"
         )
-    if _onednn_applies(x, weight) and residual.dtype == torch.float32:
+    if _onednn_applies(x, weight, bias) and residual.dtype == torch.float32:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
     stream = residual.clone() if bias is None else residual + bias
     stream = stream.contiguous()

@@ -9,10 +9,11 @@ MACs are always counted on the modules' own forward).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["forward_hooks_registered", "gelu_approximation"]
+__all__ = ["autocast_enabled", "forward_hooks_registered", "gelu_approximation"]
 
 
 def gelu_approximation(act: nn.Module) -> str | None:
@@ -25,3 +26,8 @@ def forward_hooks_registered(*modules: nn.Module) -> bool:
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled`` that answers False for devices without autocast (``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)

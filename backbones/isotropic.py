@@ -42,7 +42,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from backbones.cpu_gemm import linear, linear_add, linear_gelu
-from backbones.inference import forward_hooks_registered, gelu_approximation
+from backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
 
 __all__ = ["GatedIsotropicNet", "SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
 
@@ -53,11 +53,6 @@ _POOLS = ("token", "avg", "last", "")
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled`` that answers False for devices without autocast (``meta``)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def check_input_size(height: int, width: int, stride: int = PATCH_SIZE) -> None:
@@ -194,7 +189,7 @@ class ViTBlock(nn.Module):
             torch.is_grad_enabled()
             or self.training
             or torch.jit.is_tracing()
-            or _autocast_enabled(x.device.type)
+            or autocast_enabled(x.device.type)
         ):
             return False
         if type(self.attn) is not SelfAttention or type(self.mlp) is not Mlp:

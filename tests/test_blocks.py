@@ -158,3 +158,12 @@ def test_patched_forward_and_tracing_keep_the_autograd_path() -> None:
     expected = x.clone().requires_grad_()
     block(expected).sum().backward()
     torch.testing.assert_close(y.grad, expected.grad)
+
+
+def test_no_grad_path_runs_on_the_meta_device() -> None:
+    """``meta`` has no autocast: asking about it must not fail (timm builds models on meta)."""
+    with torch.device("meta"):
+        block = GatedBlock(32).eval()
+        x = torch.empty(2, 4, 4, 32)
+    with torch.no_grad():
+        assert block(x).shape == (2, 4, 4, 32)

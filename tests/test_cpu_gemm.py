@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from op_recorder import OpRecorder
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.autograd import forward_ad
 
 import backbones  # noqa: F401  (registers the model names with timm)
 from backbones import cpu_gemm
@@ -71,16 +72,23 @@ def test_linear_add_leaves_the_residual_alone(bias: bool, gemm_backend: str) -> 
 
 
 def test_strided_inputs(gemm_backend: str) -> None:
-    """Views the blocks pass: a token slice and a channel slice of a wider buffer."""
+    """Views the blocks pass: a token slice and a channel slice of a wider buffer; and biases that
+    are not dense vectors, which oneDNN would read as if they were."""
     x, weight, b = _operands((2, 9, 48), 24)
     tokens, channels = x[:, :1], x[..., :24]
     weight_rows = torch.randn(64, 24)[16:40]
+    strided_bias, broadcast_bias = torch.randn(48)[::2], torch.randn(1)
     with torch.inference_mode():
         torch.testing.assert_close(cpu_gemm.linear(tokens, weight, b), F.linear(tokens, weight, b))
         torch.testing.assert_close(
             cpu_gemm.linear_add(channels, weight_rows, None, tokens[..., :24].expand(2, 9, 24)),
             tokens[..., :24] + F.linear(channels, weight_rows),
         )
+        for bias in (strided_bias, broadcast_bias):
+            torch.testing.assert_close(cpu_gemm.linear(x, weight, bias), F.linear(x, weight, bias))
+            torch.testing.assert_close(
+                cpu_gemm.linear_gelu(x, weight, bias), F.gelu(F.linear(x, weight, bias))
+            )
 
 
 @pytest.mark.parametrize("gemm_backend", ["onednn"], indirect=True)
@@ -106,6 +114,25 @@ def test_only_plain_eager_float32_without_autograd_reaches_onednn(gemm_backend: 
         with FakeTensorMode() as mode:  # oneDNN's fused add has no fake kernel: this would raise
             fake = cpu_gemm.linear_add(*(mode.from_tensor(t) for t in (x, weight, b, residual)))
         assert isinstance(fake, FakeTensor) and fake.shape == (3, 8)
+
+
+@pytest.mark.parametrize("gemm_backend", ["onednn"], indirect=True)
+def test_forward_mode_derivatives_and_tracing_keep_to_aten_ops(gemm_backend: str) -> None:
+    """Without gradients, jvp / dual numbers still need derivative formulas, which oneDNN's ops lack:
+    their tangents would silently come back as zeros. jit.trace cannot record those ops either."""
+    x, weight, b = _operands((3, 24), 8)
+    tangent = torch.randn(3, 24)
+    with torch.no_grad():
+        _, jvp_out = torch.func.jvp(lambda t: cpu_gemm.linear_gelu(t, weight, b), (x,), (tangent,))
+        with forward_ad.dual_level():
+            dual = cpu_gemm.linear(forward_ad.make_dual(x, tangent), weight, b)
+            dual_tangent = forward_ad.unpack_dual(dual).tangent
+        traced = torch.jit.trace(lambda t: cpu_gemm.linear(t, weight, b), (x,))
+    with torch.enable_grad():
+        _, expected = torch.func.jvp(lambda t: F.gelu(F.linear(t, weight, b)), (x,), (tangent,))
+    torch.testing.assert_close(jvp_out, expected)
+    torch.testing.assert_close(dual_tangent, F.linear(tangent, weight))
+    torch.testing.assert_close(traced(x), F.linear(x, weight, b))
 
 
 @pytest.mark.parametrize("name", ["gated_cnn_femto", "vit_tiny"])
