@@ -3,9 +3,9 @@
 Why: for float32 on CPU, ``F.linear`` calls MKL's sgemm, which is not tuned for AMD processors, while
 oneDNN (which PyTorch also ships, as ``torch.ops.mkldnn``) picks its kernels by instruction set. On a
 2-core AMD EPYC (Zen 5, AVX-512) oneDNN ran ViT-S's and MambaOut-T's linear shapes 1.9x-2.1x faster
-than MKL (``benchmarks/cpu_gemm.py`` measures a CPU;
-``benchmarks/backbones.py`` the effect on whole models). oneDNN also fuses GELU and the residual add
-into the GEMM (post-ops), which saves a pass over the output each. Results are float32 GEMMs either
+than MKL (``benchmarks/cpu_gemm.py`` measures a CPU; ``benchmarks/backbones.py`` the effect on
+whole models). oneDNN also fuses GELU and the residual add into the GEMM (post-ops), which saves a
+pass over the output each. Results are float32 GEMMs either
 way (sums in another order: equal to float rounding).
 
 ``VISBENCH_CPU_GEMM`` picks the back end: ``auto`` (default: oneDNN on x86-64 when PyTorch has it;
@@ -74,9 +74,12 @@ def _derivative_transform_active() -> bool:
     return getattr(forward_ad, "_current_level", 0) >= 0
 
 
-def _plain_operand(t: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
-    """oneDNN reads weight and bias as dense float32 memory of exactly their own shape."""
-    return t is None or (t.dtype == torch.float32 and t.shape == shape and t.is_contiguous())
+def _dense_bias(bias: torch.Tensor | None, out_features: int) -> bool:
+    """oneDNN reads the bias as dense float32 memory of ``out_features`` values, ignoring strides and
+    broadcasting."""
+    return bias is None or (
+        bias.dtype == torch.float32 and bias.shape == (out_features,) and bias.is_contiguous()
+    )
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -88,7 +91,7 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         and x.dtype == torch.float32
         and weight.dim() == 2
         and weight.dtype == torch.float32
-        and _plain_operand(bias, (weight.shape[0],))
+        and _dense_bias(bias, weight.shape[0])
         and not torch.is_grad_enabled()  # the oneDNN ops have no autograd formula
         and not torch.is_autocast_enabled("cpu")  # autocast would give F.linear a bfloat16 result
         and not _derivative_transform_active()

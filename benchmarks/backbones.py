@@ -73,7 +73,7 @@ MODES = ("inference", "inference_blas", "all_tokens", "autograd")
 
 
 @contextlib.contextmanager
-def gemm_backend(choice: str | None):
+def forced_gemm_backend(choice: str | None):
     """Set ``VISBENCH_CPU_GEMM`` to ``choice`` for the block (None: leave it as the user set it)."""
     if choice is None:
         yield
@@ -128,7 +128,7 @@ class Runner:
 
     def step(self, record: bool = True) -> None:
         grad_mode = torch.enable_grad() if self.mode == "autograd" else torch.inference_mode()
-        with grad_mode, gemm_backend("blas" if self.mode == "inference_blas" else None):
+        with grad_mode, forced_gemm_backend("blas" if self.mode == "inference_blas" else None):
             _sync(self.device)
             start = time.perf_counter()
             if self.mode == "all_tokens":
