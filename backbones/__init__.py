@@ -1,15 +1,15 @@
 """Models: gated-CNN, SSM and attention token mixers in hierarchical and isotropic bodies.
 
 Importing this package registers every visbench model with timm (``timm.create_model("gated_cnn_tiny")``).
-The mmdetection backbone type ``VisBenchBackbone`` lives in ``backbones.mmdet_backbone``, which
+The mmdetection backbone type ``VisBenchBackbone`` lives in ``visbench.backbones.mmdet_backbone``, which
 detection configs load with ``custom_imports`` (so that ``import backbones`` never imports mmdet).
 """
 
 import timm
 
 # Importing the body modules registers their models with timm.
-from backbones import hierarchical, isotropic, sequence
-from backbones.naming import describe
+from visbench.backbones import hierarchical, isotropic, sequence
+from visbench.backbones.naming import describe
 
 BODY_MODULES = (hierarchical, isotropic, sequence)
 

@@ -4,7 +4,7 @@ Same structure and parameter names as timm's MambaOut ``GatedConvBlock`` (LayerN
 ``fc1`` to ``2 * hidden`` with ``hidden = int(8/3 * dim)``; split into gate, identity and mixed
 channels; token operator on the mixed channels only; GELU gate; ``fc2``; DropPath), except that
 the depthwise conv is one choice of token operator (``mixer="conv"``) among
-``backbones.mixers``. The operator lives at ``block.mixer``.
+``visbench.backbones.mixers``. The operator lives at ``block.mixer``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 from timm.layers import DropPath, LayerNorm
 from torch import nn
-
-from backbones.cpu_gemm import linear, linear_add, linear_gelu
-from backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
-from backbones.mixers import create_sequence_operator
+from visbench.backbones.cpu_gemm import linear, linear_add, linear_gelu
+from visbench.backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
+from visbench.backbones.mixers import create_sequence_operator
 
 __all__ = ["GatedBlock"]
 
@@ -88,7 +87,7 @@ class GatedBlock(nn.Module):
         place), the identity channels, and the token-mixed channels, which so come out contiguous
         (no copy before the operator). The gate is then multiplied in place, block by block, so
         ``cat`` disappears, and ``fc2`` adds into the residual stream inside its GEMM. The GEMMs go
-        through :mod:`backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere). Used when
+        through :mod:`visbench.backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere). Used when
         gradients are off (``torch.no_grad``, ``torch.inference_mode``); equal to :meth:`forward`'s
         autograd path to float rounding.
         """

@@ -15,7 +15,7 @@ oneDNN. Everything else takes the BLAS route, so these functions can stand in fo
 anywhere: CUDA, other dtypes, autocast, gradients, forward-mode AD and ``torch.func`` transforms
 (oneDNN's ops have no derivatives), a strided or broadcast bias, tensor subclasses (fake tensors),
 ``torch.jit.trace``, ``torch.compile`` (inductor makes its own choice) and any active dispatch
-mode: FLOP counters (``backbones.complexity``) and other tools that read the aten ops know
+mode: FLOP counters (``visbench.backbones.complexity``) and other tools that read the aten ops know
 ``addmm`` but neither oneDNN's ops nor their cost.
 """
 

@@ -6,7 +6,7 @@ Reads top to bottom as timm's ``mambaout.py``: stem, downsampling, stage, the mo
 helper and one ``@register_model`` function per (family, size). Module names follow timm's, so a
 ``mambaout_tiny`` state dict loads into ``gated_cnn_tiny`` and gives the same logits.
 
-Families (``mixer``/``order`` of every block, see ``backbones.mixers``):
+Families (``mixer``/``order`` of every block, see ``visbench.backbones.mixers``):
 ``gated_cnn_*`` (conv), ``ssm_causal_*`` / ``ssm_bidir_*`` / ``ssm_cross2d_*`` (ssm),
 ``attn_*`` (attn, full) and ``attn_causal_*`` (attn, causal); sizes femto, kobe, tiny, small, base.
 Any name also takes ``mixer=...`` / ``order=...`` keywords that override its defaults.
@@ -24,9 +24,8 @@ from timm.layers import LayerNorm, calculate_drop_path_rates, get_act_layer, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-
-from backbones.blocks import GatedBlock
-from backbones.mixers import default_order
+from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.mixers import default_order
 
 __all__ = ["HierarchicalNet", "checkpoint_filter_fn", "SIZES", "FAMILIES"]
 
@@ -162,7 +161,7 @@ class HierarchicalNet(nn.Module):
 
     Args:
         depths, dims: blocks and channels per stage.
-        mixer, order: token operator of every block (``backbones.mixers``); ``order=None`` takes the
+        mixer, order: token operator of every block (``visbench.backbones.mixers``); ``order=None`` takes the
             mixer's default.
         mixer_kwargs: extra operator keywords (for example ``dict(d_state=16)`` or ``dict(head_dim=64)``).
         img_size: optional; only checked (multiples of 32), the body works at any such size.

@@ -8,7 +8,7 @@ blocks at stride 16, a final LayerNorm, a linear head):
   (``vit_causal_*``) pass ``is_causal=True`` to SDPA in every block: token ``i`` attends to tokens ``<= i``
   in (class token, row-major patches) order, exactly timm's ``model(x, is_causal=True)``.
 - :class:`GatedIsotropicNet`: the Gated CNN block of MambaOut with a pluggable sequence operator
-  (``backbones.blocks.GatedBlock``) on the (H/16, W/16) token map: ``vim_*`` (selective SSM, Vim's
+  (``visbench.backbones.blocks.GatedBlock``) on the (H/16, W/16) token map: ``vim_*`` (selective SSM, Vim's
   bidirectional order) and ``iso_gated_cnn_*`` (no operator). ``mixer=`` / ``order=`` pick any mixer.
 
 Pooling (``global_pool``): ``token`` (the class token, timm's ViT default), ``avg`` (mean of the patch
@@ -40,9 +40,8 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-
-from backbones.cpu_gemm import linear, linear_add, linear_gelu
-from backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
+from visbench.backbones.cpu_gemm import linear, linear_add, linear_gelu
+from visbench.backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
 
 __all__ = ["GatedIsotropicNet", "SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
 
@@ -112,10 +111,10 @@ class SelfAttention(nn.Module):
           ``W_proj @ b_v`` to every output;
         - so ``qkv`` runs as a bias-free GEMM and only the query bias is added (``F.linear`` would first
           copy the bias into all ``3 * dim`` outputs);
-        - ``proj`` adds into the new residual stream inside the GEMM (:func:`backbones.cpu_gemm.linear_add`),
+        - ``proj`` adds into the new residual stream inside the GEMM (:func:`visbench.backbones.cpu_gemm.linear_add`),
           so there is no bias copy and no separate residual add.
 
-        The GEMMs go through :mod:`backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere).
+        The GEMMs go through :mod:`visbench.backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere).
 
         Keys and values always come from every token; with ``num_queries`` (None: all) only the
         first queries are computed (a causal mask stays right: query ``i`` still sees keys ``<= i``).
@@ -225,7 +224,7 @@ class ViTBlock(nn.Module):
 
         The attention half is :meth:`SelfAttention.forward_inference`. In the MLP half GELU is fused
         into ``fc1`` (or runs in place) and ``fc2`` adds into the residual stream inside the GEMM
-        (:mod:`backbones.cpu_gemm`). Equal to :meth:`forward` to float rounding. With ``num_queries``
+        (:mod:`visbench.backbones.cpu_gemm`). Equal to :meth:`forward` to float rounding. With ``num_queries``
         only the first ``num_queries`` tokens are computed and returned (keys and values still come
         from all): all that a class-token head needs from the last block.
         """
@@ -491,7 +490,7 @@ class VisionTransformer(_IsotropicBase):
 class GatedIsotropicNet(_IsotropicBase):
     """Isotropic body of Gated CNN blocks with a pluggable sequence operator, on the (H/16, W/16) map.
 
-    ``mixer``/``order`` go to ``backbones.blocks.GatedBlock`` (``mixer="conv"`` is the plain Gated CNN
+    ``mixer``/``order`` go to ``visbench.backbones.blocks.GatedBlock`` (``mixer="conv"`` is the plain Gated CNN
     block; ``"ssm"``/``"attn"`` add the sequence operator of MambaOut's Figure 1). No class token: the
     head pools the map (``avg``) or reads the last token in row-major order (``last``).
     """
@@ -512,7 +511,7 @@ class GatedIsotropicNet(_IsotropicBase):
     ) -> None:
         super().__init__()
         # Imported here so that the ViTs above need neither the blocks nor the kernels package.
-        from backbones.blocks import GatedBlock
+        from visbench.backbones.blocks import GatedBlock
 
         self._init_common(img_size, in_chans, num_classes, embed_dim, depth, global_pool, drop_rate)
         self.mixer, self.order = mixer, order

@@ -1,7 +1,7 @@
 """Sequence operators: the token mixer that sits on the conv channels of a Gated CNN block.
 
 MambaOut's Figure 1 is the spec: the Mamba block is the Gated CNN block with an SSM as its token
-operator. So one block (``backbones.blocks.GatedBlock``) takes one of these operators, picked with
+operator. So one block (``visbench.backbones.blocks.GatedBlock``) takes one of these operators, picked with
 plain keywords::
 
     create_sequence_operator("conv", "full", dim)      # depthwise 7x7: the Gated CNN / MambaOut
@@ -9,7 +9,7 @@ plain keywords::
     create_sequence_operator("attn", "causal", dim)    # multi-head self-attention, causal mask
 
 Every operator maps a channels-last map ``(B, H, W, C)`` to the same shape; an ``H = 1`` map is a
-1-D sequence. Orders say how the 2-D map is read as sequences (``kernels.scan_orders``):
+1-D sequence. Orders say how the 2-D map is read as sequences (``visbench.kernels.scan_orders``):
 ``causal`` (one row-major route), ``bidir`` (row-major forward and backward, as Vim),
 ``cross2d`` (row- and column-major, each both ways, as VMamba's SS2D) and, for the operators that
 are not scans, ``full`` (every token sees every token).
@@ -26,8 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from kernels import causal_conv1d, scan_orders, selective_scan
+from visbench.kernels import causal_conv1d, scan_orders, selective_scan
 
 __all__ = [
     "MIXER_ORDERS",

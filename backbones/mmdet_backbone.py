@@ -3,13 +3,13 @@
 The class is registered in mmdetection's ``MODELS`` registry when mmdet is importable; without mmdet
 this module still imports (the class is then a plain ``nn.Module``), so ``import backbones`` never
 depends on the detection stack. Configs load it with
-``custom_imports = dict(imports=["backbones.mmdet_backbone"], allow_failed_imports=False)``.
+``custom_imports = dict(imports=["visbench.backbones.mmdet_backbone"], allow_failed_imports=False)``.
 
 The body is the registered timm model itself (``timm.create_model``), run through its
 ``forward_intermediates``: the parameter names are those of the classification checkpoints, so a
 ``Pretrained`` checkpoint loads with the same names it was saved with. Hierarchical bodies give one
 NCHW map per stage (strides 4, 8, 16, 32); isotropic bodies give one stride-16 map, which ViTDet's
-simple feature pyramid (``backbones.pyramid``) turns into maps at strides 4, 8, 16 and 32.
+simple feature pyramid (``visbench.backbones.pyramid``) turns into maps at strides 4, 8, 16 and 32.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from typing import Any
 
 import timm
 import torch
+import visbench.backbones.hierarchical  # noqa: F401  (registers the hierarchical models with timm)
+import visbench.backbones.isotropic  # noqa: F401  (registers the isotropic models with timm)
 from torch import nn
-
-import backbones.hierarchical  # noqa: F401  (registers the hierarchical models with timm)
-import backbones.isotropic  # noqa: F401  (registers the isotropic models with timm)
-from backbones.naming import describe
+from visbench.backbones.naming import describe
 
 try:  # optional: the detection stack
     from mmdet.registry import MODELS as _MMDET_MODELS
@@ -122,7 +121,7 @@ class VisBenchBackbone(_Base):
         if self.isotropic:
             if any(i not in range(4) for i in self.out_indices):
                 raise ValueError(f"{model}: out_indices {self.out_indices} must be pyramid levels in 0..3")
-            from backbones.pyramid import SimpleFeaturePyramid
+            from visbench.backbones.pyramid import SimpleFeaturePyramid
 
             self.body_indices = [len(body.blocks) - 1]
             body.prune_intermediate_layers(self.body_indices, prune_head=True)

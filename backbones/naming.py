@@ -53,5 +53,5 @@ def describe(name: str) -> ModelDescription:
         raise ValueError(f"model name {name!r}: family {family_part!r} is not one of {sorted(_FAMILY_PARTS)}")
     family, mixer, order, default_body = _FAMILY_PARTS[family_part]
     if body == "sequence" and mixer == "conv":
-        order = "causal"  # the pixel-sequence gated CNN uses a causal depthwise conv (backbones.sequence)
+        order = "causal"  # the pixel-sequence gated CNN uses a causal depthwise conv (backbones/sequence.py)
     return ModelDescription(name, family, mixer, order, body or default_body, size)

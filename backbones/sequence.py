@@ -10,12 +10,12 @@ causally). A (B, 1, 28, 28) Fashion-MNIST image becomes L = 784 tokens:
 Mixers (``mixer=`` / ``order=``; names in the registry below):
 
 - ``conv`` + ``causal``: the Gated CNN block whose token operator is a causal depthwise conv1d of
-  width 7 (:class:`CausalConvOperator`, through ``kernels.causal_conv1d``). MambaOut's 7x7 conv is not
-  causal; this is its causal analogue. Its receptive field is ``depth * 6 + 1`` tokens, so the last
+  width 7 (:class:`CausalConvOperator`, through ``visbench.kernels.causal_conv1d``). MambaOut's 7x7
+  conv is not causal; this is its causal analogue. Its receptive field is ``depth * 6 + 1`` tokens, so the last
   token does *not* see the whole image: that is the gated CNN's handicap on long causal tasks, which
   is the point of the comparison. ``conv`` + ``full`` is the block's own (non-causal) depthwise conv.
 - ``ssm`` (``causal`` or ``bidir``) and ``attn`` (``causal`` or ``full``): D1's operators in the same
-  block (``backbones.mixers``).
+  block (``visbench.backbones.mixers``).
 
 Causal orders make the *entire* model causal (embedding, position embedding, norms, MLPs and
 operators are per-token or causal), and the head reads the LAST token, the only one that has seen
@@ -34,9 +34,8 @@ from timm.layers import LayerNorm, calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-
-from backbones.blocks import GatedBlock
-from kernels import causal_conv1d
+from visbench.backbones.blocks import GatedBlock
+from visbench.kernels import causal_conv1d
 
 __all__ = ["CausalConvOperator", "PixelSequenceNet", "is_causal_order"]
 
@@ -81,8 +80,8 @@ def _sequence_block(
 ) -> GatedBlock:
     """A GatedBlock; for ``conv`` + ``causal`` its depthwise conv is swapped for a causal conv1d."""
     if mixer == "conv" and is_causal_order(order):
-        # backbones.mixers' conv operator has no causal order: build the block with a minimal 1x1 conv
-        # and put the causal operator at ``block.mixer`` (the block's documented operator slot).
+        # The conv operator of visbench.backbones.mixers has no causal order: build the block with a
+        # minimal 1x1 conv and put the causal operator at ``block.mixer`` (the block's documented operator slot).
         block = GatedBlock(dim, mixer="conv", kernel_size=1, drop_path=drop_path, **block_kwargs)
         block.mixer = CausalConvOperator(block.split_sizes[2], conv_width)
         return block

@@ -14,7 +14,7 @@ repeats of the per-repeat ratio timm time / our time, so that load from other pr
 and goes over seconds, hits both sides of each ratio alike; the interquartile range of those ratios
 is printed next to it. Each pair is timed five ways: timm's model; ours as users run it
 (``model(x)`` under ``torch.inference_mode``, which takes the blocks' fused inference paths, with
-their GEMMs on oneDNN on CPU (``backbones.cpu_gemm``), and, for a class-token ViT, runs the last
+their GEMMs on oneDNN on CPU (``visbench.backbones.cpu_gemm``), and, for a class-token ViT, runs the last
 block on the class token only); the same with PyTorch's BLAS GEMMs (``VISBENCH_CPU_GEMM=blas``, what
 ``F.linear`` and timm use); ours on every token (``forward_head(forward_features(x))``, inference
 paths but no class-token shortcut); and ours on its autograd path (gradients on, parameters frozen),
@@ -39,10 +39,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import backbones.hierarchical  # noqa: E402,F401  (registers the names with timm)
-import backbones.isotropic  # noqa: E402,F401
-import backbones.sequence  # noqa: E402,F401
-from backbones.cpu_gemm import BACKEND_ENV  # noqa: E402
+import visbench.backbones.hierarchical  # noqa: E402,F401  (registers the names with timm)
+import visbench.backbones.isotropic  # noqa: E402,F401
+import visbench.backbones.sequence  # noqa: E402,F401
+from visbench.backbones.cpu_gemm import BACKEND_ENV  # noqa: E402
 
 PAIRS = (("gated_cnn_tiny", "mambaout_tiny"), ("vit_small", "vit_small_patch16_224"))
 TINY = (

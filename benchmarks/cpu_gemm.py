@@ -1,4 +1,4 @@
-"""GFLOP/s of the inference paths' GEMMs per back end (``backbones.cpu_gemm``), with oneDNN / BLAS ratios.
+"""GFLOP/s of the inference paths' GEMMs per back end (``visbench.backbones.cpu_gemm``), with oneDNN / BLAS ratios.
 
     python benchmarks/cpu_gemm.py                 # ViT-S and MambaOut-T linear shapes, batch 16, 224^2
     python benchmarks/cpu_gemm.py --repeats 31
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backbones import cpu_gemm  # noqa: E402
+from visbench.backbones import cpu_gemm  # noqa: E402
 
 # (name, rows, in_features, out_features): rows = batch 16 x tokens at 224^2
 SHAPES = (

@@ -3,8 +3,8 @@
 ``from kernels import selective_scan`` is a drop-in for mamba-ssm's ``selective_scan_fn``.
 """
 
-from kernels import scan_orders
-from kernels.causal_conv1d import causal_conv1d
-from kernels.selective_scan import available_backends, selective_scan
+from visbench.kernels import scan_orders
+from visbench.kernels.causal_conv1d import causal_conv1d
+from visbench.kernels.selective_scan import available_backends, selective_scan
 
 __all__ = ["available_backends", "causal_conv1d", "scan_orders", "selective_scan"]

@@ -1,6 +1,6 @@
 """Pure-PyTorch chunked selective scan: the `cpu` back end's fallback when numba is unavailable.
 
-Same scheme as the numba kernels (``kernels._scan_cpu_numba``), vectorised over (batch, dim, N) with
+Same scheme as the numba kernels (``visbench.kernels._scan_cpu_numba``), vectorised over (batch, dim, N) with
 a Python loop over time: decays and drives are built one chunk of ``chunk`` steps at a time, so the
 largest temporary is (batch, dim, chunk, N), never (batch, dim, L, N). The backward keeps the state at
 each chunk start, then recomputes each chunk's states and runs the reverse recurrence through it.

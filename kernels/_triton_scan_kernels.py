@@ -1,6 +1,6 @@
 """Triton kernels of the selective scan (Mamba-1), forward and backward.
 
-Loaded by ``kernels.scan_triton`` (never imported directly): that loader imports this file once per
+Loaded by ``visbench.kernels.scan_triton`` (never imported directly): that loader imports this file once per
 execution mode, because ``triton.jit`` decides at decoration time whether a kernel is compiled for
 the GPU or run by the interpreter (``TRITON_INTERPRET=1``, the CPU test path).
 

@@ -48,7 +48,7 @@ def is_available(device: torch.device) -> bool:
 @functools.cache
 def _numba_module() -> ModuleType | None:
     try:
-        return importlib.import_module("kernels._scan_cpu_numba")
+        return importlib.import_module("visbench.kernels._scan_cpu_numba")
     except Exception:  # numba missing or broken: the fallback takes over
         return None
 
@@ -93,7 +93,7 @@ def _d_skip(D: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool):
     """Back-end contract forward: (out (b, d, L), last_state (b, d, N))."""
     if implementation() == "torch":
-        from kernels import _scan_cpu_torch
+        from visbench.kernels import _scan_cpu_torch
 
         return _scan_cpu_torch.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     kern = _numba_module()
@@ -132,7 +132,7 @@ def selective_scan_bwd(
     ``chunk`` overrides :data:`BACKWARD_CHUNK` (the tests use small values to cross chunk borders).
     """
     if implementation() == "torch":
-        from kernels import _scan_cpu_torch
+        from visbench.kernels import _scan_cpu_torch
 
         return _scan_cpu_torch.scan_bwd(
             dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=chunk or 64

@@ -1,7 +1,7 @@
 """`ref` back end: the selective scan written as its sequential definition. The source of truth.
 
 It follows mamba-ssm's ``selective_scan_ref`` step by step (same operations, same order), on the
-normalised inputs of the back-end contract (see ``kernels.selective_scan``): B and C grouped
+normalised inputs of the back-end contract (see ``visbench.kernels.selective_scan``): B and C grouped
 (batch, groups, N, L). It computes in the dtype it is given (float32, or float64 for gradcheck).
 Its backward is plain autograd through that definition, so it holds (batch, dim, L, N) tensors and
 one graph node per time step: slow and memory-hungry by design, and obviously right. Because of

@@ -1,6 +1,6 @@
 """Triton back end of the selective scan: forward and backward kernels (Mamba-1 semantics).
 
-Backend contract (called by ``kernels.selective_scan``, which normalises the inputs first): all
+Backend contract (called by ``visbench.kernels.selective_scan``, which normalises the inputs first): all
 tensors float32 and contiguous; ``u``, ``delta``, ``z``: (batch, dim, L); ``A``: (dim, N); ``B``, ``C``:
 (batch, groups, N, L); ``D``, ``delta_bias``: (dim,) or None; ``z`` may be None.
 
@@ -68,7 +68,7 @@ def is_available(device: torch.device) -> bool:
 @functools.cache
 def _load_kernels(interpret: bool) -> ModuleType:
     """Import the kernel file with ``triton.jit`` in the requested mode (compiled or interpreted)."""
-    name = f"kernels._triton_scan_kernels_{'interp' if interpret else 'jit'}"
+    name = f"visbench.kernels._triton_scan_kernels_{'interp' if interpret else 'jit'}"
     with _LOAD_LOCK:
         old = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"

@@ -27,7 +27,7 @@ The op is ``torch.ops.visbench.selective_scan_fwd`` (a ``torch.library`` custom 
 implementation, autograd through ``torch.ops.visbench.selective_scan_bwd``, and FLOP formulas for
 ``torch.utils.flop_counter``), so FlopCounterMode and ``torch.compile(fullgraph=True)`` see one node.
 
-Back-end contract (``kernels.scan_cpu``, ``kernels.scan_triton``, ``kernels.scan_cuda``; ``ref`` is
+Back-end contract (``visbench.kernels.scan_cpu``, ``.scan_triton``, ``.scan_cuda``; ``ref`` is
 called directly, since it differentiates by autograd, which is off inside a custom op), module-level
 functions:
 
@@ -54,18 +54,17 @@ from types import ModuleType
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
-
-from kernels import scan_ref
+from visbench.kernels import scan_ref
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "available_backends", "resolve_backend", "selective_scan"]
 
 BACKENDS = ("ref", "cpu", "triton", "cuda")
 BACKEND_ENV = "VISBENCH_SCAN_BACKEND"
 _MODULES = {
-    "ref": "kernels.scan_ref",
-    "cpu": "kernels.scan_cpu",
-    "triton": "kernels.scan_triton",
-    "cuda": "kernels.scan_cuda",
+    "ref": "visbench.kernels.scan_ref",
+    "cpu": "visbench.kernels.scan_cpu",
+    "triton": "visbench.kernels.scan_triton",
+    "cuda": "visbench.kernels.scan_cuda",
 }
 # Preference of `auto` per device type; `ref` runs everywhere and ends every list.
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpu", "ref")}
@@ -367,7 +366,7 @@ def selective_scan(
         B4 = B4.repeat_interleave(groups // B4.shape[1], dim=1)
         C4 = C4.repeat_interleave(groups // C4.shape[1], dim=1)
     args = (prep(u), prep(delta), prep(A), B4, C4, prep(D), prep(z), prep(delta_bias), bool(delta_softplus))
-    if name == "ref":  # plain autograd through the definition (see kernels.scan_ref)
+    if name == "ref":  # plain autograd through the definition (see visbench.kernels.scan_ref)
         out, last_state = scan_ref.scan(*args)
         last_state = last_state.detach()
     else:

@@ -56,6 +56,14 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
     || "${PIP[@]}" torch torchvision
 fi
 
+# Until 2026-12 the distribution was called `visbench` (a name another PyPI project holds) and put
+# top-level `kernels` / `backbones` packages on the path: remove such an install so its import
+# finder cannot shadow PyPI's `kernels` and `backbones`.
+if "$PY" -m pip show --quiet visbench >/dev/null 2>&1; then
+  say "removing the old 'visbench' distribution (now 'visbench-mamba', one import namespace)"
+  "$PY" -m pip uninstall --quiet -y visbench
+fi
+
 if [ "$DEV" = 1 ]; then
   say "installing visbench with the dev extra"
   "${PIP[@]}" -e ".[dev]"

@@ -49,8 +49,8 @@ def fashion_mnist_dir() -> Path:
 
 @pytest.fixture(params=["blas", "onednn"])
 def gemm_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs the test once per GEMM back end of the inference paths (``backbones.cpu_gemm``)."""
-    from backbones.cpu_gemm import BACKEND_ENV
+    """Runs the test once per GEMM back end of the inference paths (``visbench.backbones.cpu_gemm``)."""
+    from visbench.backbones.cpu_gemm import BACKEND_ENV
 
     monkeypatch.setenv(BACKEND_ENV, request.param)
     if request.param == "onednn" and not (

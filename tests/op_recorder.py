@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 class OpRecorder(TorchDispatchMode):
     """Records each aten op that runs inside it, with the shape of its first tensor argument.
 
-    Inside a dispatch mode the blocks' inference paths take their BLAS route (``backbones.cpu_gemm``
+    Inside a dispatch mode the blocks' inference paths take their BLAS route (``visbench.backbones.cpu_gemm``
     keeps oneDNN to plain eager runs), so ``addmm_`` and ``gelu_`` mark those paths here.
     """
 

@@ -17,8 +17,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-
-from kernels import selective_scan
+from visbench.kernels import selective_scan
 
 # Axis values (issue 3, section 4). L values divide no chunk size; dims are divisible by GROUPS.
 AXES: dict[str, tuple] = {

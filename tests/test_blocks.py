@@ -1,4 +1,4 @@
-"""GatedBlock's no-grad path (backbones.blocks): same outputs as its autograd path, and really taken."""
+"""GatedBlock's no-grad path (visbench.backbones.blocks): same outputs as its autograd path, and really taken."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import pytest
 import torch
 from op_recorder import OpRecorder
 from torch import nn
-
-from backbones.blocks import GatedBlock
-from backbones.mixers import MIXER_ORDERS
+from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.mixers import MIXER_ORDERS
 
 CASES = [(mixer, order) for mixer, orders in MIXER_ORDERS.items() for order in orders]
 

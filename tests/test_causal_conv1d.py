@@ -1,4 +1,4 @@
-"""kernels.causal_conv1d: the causal-conv1d package's semantics, autograd, FLOPs and input checks."""
+"""visbench.kernels.causal_conv1d: the causal-conv1d package's semantics, autograd, FLOPs and input checks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 from conftest import import_mamba_reference
 from torch.utils.flop_counter import FlopCounterMode
-
-from kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from visbench.kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
 
 # causal-conv1d's own test tolerances (tests/test_causal_conv1d.py in that repository)
 TOLERANCES = {torch.float32: (3e-4, 1e-3), torch.bfloat16: (1e-2, 5e-2)}

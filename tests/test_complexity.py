@@ -7,8 +7,7 @@ import timm
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
-
-from backbones.complexity import (
+from visbench.backbones.complexity import (
     count_flops,
     count_macs,
     count_macs_by_kind,
@@ -101,7 +100,7 @@ def test_count_params_counts_shared_weights_once() -> None:
 
 
 def test_our_custom_ops_are_counted() -> None:
-    from kernels import causal_conv1d, selective_scan
+    from visbench.kernels import causal_conv1d, selective_scan
 
     batch, dim, length, state, width = 2, 8, 16, 4, 4
 
@@ -119,7 +118,7 @@ def test_our_custom_ops_are_counted() -> None:
 
 
 def test_meta_model_counts_like_a_cpu_model() -> None:
-    import backbones.hierarchical  # noqa: F401  (registers ssm_cross2d_tiny)
+    import visbench.backbones.hierarchical  # noqa: F401  (registers ssm_cross2d_tiny)
 
     torch.manual_seed(0)
     cpu = timm.create_model("ssm_cross2d_tiny")
@@ -135,7 +134,7 @@ def test_meta_model_counts_like_a_cpu_model() -> None:
 def test_kinds_sum_to_count_macs_past_the_inference_paths(name: str) -> None:
     """count_macs_by_kind runs without gradients, where the blocks would take their inference paths
     (oneDNN GEMMs it cannot see, the ViT's class token alone in the last block): it must not."""
-    import backbones  # noqa: F401  (registers the names)
+    import visbench.backbones  # noqa: F401  (registers the names)
 
     model = timm.create_model(name, img_size=64).eval()
     assert sum(count_macs_by_kind(model, (3, 64, 64)).values()) == count_macs(model, (3, 64, 64))

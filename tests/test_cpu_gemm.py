@@ -1,4 +1,4 @@
-"""backbones.cpu_gemm: the inference paths' linear layers equal F.linear on every back end and route.
+"""visbench.backbones.cpu_gemm: the inference paths' linear layers equal F.linear on every back end and route.
 
 Which kernels ran is read with torch's profiler, which watches without changing the dispatch: inside
 a dispatch mode (such as the tests' OpRecorder) the functions keep to aten ops on purpose.
@@ -10,12 +10,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import visbench.backbones  # noqa: F401  (registers the model names with timm)
 from op_recorder import OpRecorder
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.autograd import forward_ad
-
-import backbones  # noqa: F401  (registers the model names with timm)
-from backbones import cpu_gemm
+from visbench.backbones import cpu_gemm
 
 ONEDNN_LINEAR = "mkldnn::_linear_pointwise"
 

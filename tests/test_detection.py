@@ -28,8 +28,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         allow_module_level=True,
     )
 
-import backbones  # noqa: F401  (registers the backbone names with timm)
-from backbones.complexity import count_macs
+import visbench.backbones  # noqa: F401  (registers the backbone names with timm)
+from visbench.backbones.complexity import count_macs
+
 from visbench.data.coco import CocoFormatError
 from visbench.detection.checkpoints import allow_mmengine_checkpoints, mmengine_checkpoint_globals
 from visbench.detection.study import (

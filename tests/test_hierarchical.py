@@ -1,4 +1,4 @@
-"""Hierarchical bodies (backbones.hierarchical): timm registration, MambaOut equivalence, features."""
+"""visbench.backbones.hierarchical: timm registration, MambaOut equivalence, features."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
-import backbones.hierarchical  # noqa: F401  (registers the models)
-from backbones.hierarchical import FAMILIES, SIZES, HierarchicalNet, checkpoint_filter_fn
+import visbench.backbones.hierarchical  # noqa: F401  (registers the models)
+from visbench.backbones.hierarchical import FAMILIES, SIZES, HierarchicalNet, checkpoint_filter_fn
 
 try:
-    from backbones.complexity import count_params
+    from visbench.backbones.complexity import count_params
 except ImportError:  # pragma: no cover - written by another part of the project
 
     def count_params(model: torch.nn.Module) -> int:

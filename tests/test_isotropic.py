@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-import backbones.isotropic as iso
-from backbones.pyramid import PyramidFeatures, SimpleFeaturePyramid
+import visbench.backbones.isotropic as iso
+from visbench.backbones.pyramid import PyramidFeatures, SimpleFeaturePyramid
 
 VIT_NAMES = ["vit_tiny", "vit_small", "vit_base", "vit_causal_tiny", "vit_causal_small", "vit_causal_base"]
 GATED_NAMES = ["vim_tiny", "vim_small", "iso_gated_cnn_tiny", "iso_gated_cnn_small"]

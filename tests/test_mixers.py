@@ -1,4 +1,4 @@
-"""Sequence operators (backbones.mixers) and the Gated CNN block (backbones.blocks)."""
+"""Sequence operators (visbench.backbones.mixers) and the Gated CNN block (visbench.backbones.blocks)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.mambaout import GatedConvBlock
-
-from backbones.blocks import GatedBlock
-from backbones.mixers import (
+from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.mixers import (
     MIXER_ORDERS,
     AttentionOperator,
     SelectiveScanOperator,
     create_sequence_operator,
 )
-from kernels import scan_orders, selective_scan
+from visbench.kernels import scan_orders, selective_scan
 
 ALL_PAIRS = [(mixer, order) for mixer, orders in MIXER_ORDERS.items() for order in orders]
 CAUSAL_PAIRS = [("ssm", "causal"), ("attn", "causal")]

@@ -9,8 +9,7 @@ import sys
 import pytest
 import timm
 import torch
-
-from backbones.mmdet_backbone import VisBenchBackbone, load_backbone_checkpoint
+from visbench.backbones.mmdet_backbone import VisBenchBackbone, load_backbone_checkpoint
 
 SMALL_HIER = dict(dims=(16, 24, 32, 48), depths=(1, 1, 1, 1))
 SMALL_ISO = dict(depth=2, embed_dim=96)  # divisible by the tiny ViT's 3 heads
@@ -95,7 +94,7 @@ def test_module_imports_without_mmdet():
     # a fresh interpreter where mmdet cannot be imported: the class is then a plain nn.Module
     code = (
         "import sys; sys.modules['mmdet'] = None; sys.modules['mmengine'] = None\n"
-        "import backbones.mmdet_backbone as m, torch\n"
+        "import visbench.backbones.mmdet_backbone as m, torch\n"
         "assert m._MMDET_MODELS is None and issubclass(m.VisBenchBackbone, torch.nn.Module)\n"
         "print('ok')"
     )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-import backbones
-from backbones.naming import describe
+import visbench.backbones
+from visbench.backbones.naming import describe
 
 
 def test_every_registered_model_name_is_described() -> None:
-    names = backbones.list_models()
+    names = visbench.backbones.list_models()
     assert len(names) >= 40
     for name in names:
         description = describe(name)

@@ -1,12 +1,11 @@
-"""kernels.scan_orders: each order's routes are what its name says, and merge is the adjoint of split."""
+"""visbench.kernels.scan_orders: each order's routes are as named, and merge is the adjoint of split."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels import scan_orders
-from kernels.scan_orders import ORDERS, merge, num_routes, split
+from visbench.kernels import scan_orders
+from visbench.kernels.scan_orders import ORDERS, merge, num_routes, split
 
 SHAPES = [(3, 5), (5, 3), (4, 4), (1, 7), (6, 1), (1, 1)]
 

@@ -1,7 +1,8 @@
 """The Triton selective-scan kernels: compiled on a GPU, or run by Triton's interpreter on CPU.
 
 The back end is checked directly against mamba-ssm's ``selective_scan_ref`` (the independent
-reference), forward and every gradient, and through ``kernels.selective_scan`` against ``backend="ref"``.
+reference), forward and every gradient, and through ``visbench.kernels.selective_scan`` against
+``backend="ref"``.
 Cases are small: the interpreter executes each Triton op in Python.
 
 Triton picks interpreted or compiled once, when it is first imported. This module sets
@@ -29,9 +30,9 @@ from conftest import import_mamba_reference  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from kernels import scan_triton  # noqa: E402
+from visbench.kernels import scan_triton  # noqa: E402
 
-try:  # the shared grid of tests/scan_cases.py (it imports kernels.selective_scan, the front end)
+try:  # the shared grid of tests/scan_cases.py (it imports visbench.kernels.selective_scan, the front end)
     import scan_cases  # noqa: E402
 
     SMALL_CASES = scan_cases.SMALL_CASES
@@ -214,7 +215,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from kernels import scan_triton
+    from visbench.kernels import scan_triton
 
     module = scan_triton._load_kernels(False)
     for options in (True, False):

@@ -1,4 +1,4 @@
-"""kernels.selective_scan: ref against mamba-ssm, the cpu back end against ref, the op's plumbing."""
+"""visbench.kernels.selective_scan: ref against mamba-ssm, the cpu back end against ref, the op's plumbing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pytest
 import torch
 from conftest import import_mamba_reference
 from scan_cases import CASES, ScanCase, assert_backend_matches_ref, make_inputs, run_scan
-
-from kernels import scan_cpu, selective_scan
-from kernels.selective_scan import BACKEND_ENV, available_backends, resolve_backend
+from visbench.kernels import scan_cpu, selective_scan
+from visbench.kernels.selective_scan import BACKEND_ENV, available_backends, resolve_backend
 
 
 @pytest.fixture(params=["numba", "torch"])
@@ -178,7 +177,7 @@ def test_cuda_backend_on_cpu_tensors_is_a_clear_error():
 
 
 def test_cuda_backend_is_unavailable_without_raising():
-    from kernels import scan_cuda
+    from visbench.kernels import scan_cuda
 
     assert scan_cuda.is_available(torch.device("cpu")) is False
     assert scan_cuda.is_available(torch.device("cuda")) is (

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-import backbones.sequence as seq
+import visbench.backbones.sequence as seq
 
 NAMES = list(seq.SEQUENCE_MODELS)
 CAUSAL = [name for name, (_, order) in seq.SEQUENCE_MODELS.items() if order == "causal"]

@@ -27,9 +27,8 @@ TINY_MODELS = [
 def _train_and_evaluate(name: str, kwargs: dict, seed: int, data) -> dict:
     """A few SGD steps on real images, then top-1 / top-5 on 128 held-out images: real numbers."""
     import timm
-
-    import backbones.isotropic  # noqa: F401  (registers vit_causal_tiny)
-    from backbones.complexity import count_macs, count_params
+    import visbench.backbones.isotropic  # noqa: F401  (registers vit_causal_tiny)
+    from visbench.backbones.complexity import count_macs, count_params
 
     start = now_iso()
     (x_train, y_train), (x_test, y_test) = data

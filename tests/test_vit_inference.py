@@ -1,4 +1,4 @@
-"""ViT's inference path (backbones.isotropic): ViTBlock.forward_inference and the class-token-only last block.
+"""ViT's inference path (visbench.backbones.isotropic): ViTBlock.forward_inference and the class-token-only last block.
 
 Every check uses random, non-zero biases: the path drops the key bias and folds the value bias into
 ``proj``, and timm's init (zero biases) would hide a mistake there.
@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import visbench.backbones.isotropic as iso
 from op_recorder import OpRecorder
 from torch import nn
-
-import backbones.isotropic as iso
-from backbones.complexity import count_macs
+from visbench.backbones.complexity import count_macs
 
 SIZE = 64  # 4x4 patches + class token = 17 tokens
 

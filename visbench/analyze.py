@@ -30,7 +30,11 @@ SETTINGS: dict[str, tuple[int, int]] = {
     "ade20k": (512, 2048),
 }
 DEFAULT_MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "mambaout_tiny")
-_OUR_MODEL_MODULES = ("backbones.hierarchical", "backbones.isotropic", "backbones.sequence")
+_OUR_MODEL_MODULES = (
+    "visbench.backbones.hierarchical",
+    "visbench.backbones.isotropic",
+    "visbench.backbones.sequence",
+)
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,7 @@ def analyze_model(
     if result.mixer == "attn" and len(stages) == 1:
         result.closed_form_token_mixing_share = vit_token_mixing_share(ref.dim, ref_a.tokens)
     if measure:
-        from backbones.complexity import count_macs_by_kind
+        from visbench.backbones.complexity import count_macs_by_kind
 
         in_chans = int(getattr(model, "in_chans", 3))
         try:

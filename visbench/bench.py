@@ -105,8 +105,8 @@ def measure(
     if tf32 is not None:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
-    from backbones.complexity import count_macs, count_params
     from visbench.analyze import build_meta_model
+    from visbench.backbones.complexity import count_macs, count_params
     from visbench.results import make_result, now_iso
 
     start_time = now_iso()

@@ -20,6 +20,8 @@ from typing import Any, Union
 
 import yaml
 
+from visbench.resources import resolve_config
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key (and file) at fault."""
@@ -234,7 +236,16 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def load_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML mapping, merging the files named by its ``_base_`` key first."""
+    """Read a YAML mapping, merging the files named by its ``_base_`` key first.
+
+    A top-level ``configs/...`` path that is not in the working directory is read from the packaged
+    configs (:func:`visbench.resources.resolve_config`).
+    """
+    if not _seen:
+        try:
+            path = resolve_config(path)
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

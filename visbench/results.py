@@ -4,7 +4,7 @@ Schema version 1: one JSON object per run, ``<run dir>/result.json``.
 
 - ``schema_version`` (int): ``SCHEMA_VERSION``, filled by :func:`write_result`.
 - ``model`` (str): registered name, e.g. ``gated_cnn_tiny`` or timm's ``vit_small_patch16_224``.
-- ``family``, ``mixer``, ``order``, ``body`` (str): from ``backbones.naming.describe`` (see
+- ``family``, ``mixer``, ``order``, ``body`` (str): from ``visbench.backbones.naming.describe`` (see
   :func:`describe_model`), e.g. ``ssm`` / ``ssm`` / ``cross2d`` / ``hierarchical``.
 - ``task`` (str): one of :data:`TASKS`: classification, detection, instance_segmentation, bench.
 - ``dataset`` (str): e.g. ``imagenet``, ``fashion_mnist``, ``coco``; ``synthetic`` for bench.
@@ -13,7 +13,7 @@ Schema version 1: one JSON object per run, ``<run dir>/result.json``.
 - ``seed`` (int | null).
 - ``params`` (int): all parameters of the model.
 - ``macs`` (int | null): multiply-accumulates of one forward pass, batch 1, at ``input_size``
-  (``backbones.complexity.count_macs``). Detection / instance segmentation: the whole detector on
+  (``visbench.backbones.complexity.count_macs``). Detection / instance segmentation: the whole detector on
   the first test image (``extra.macs_method`` and ``extra.macs_input_shape`` say how and at what size).
 - ``metrics`` ({str: float | null}), all in PERCENT. classification: ``top1`` (required), ``top5``.
   detection: ``bbox_mAP`` (required), ``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s``/``_m``/``_l``.
@@ -94,7 +94,7 @@ _REQUIRED_FIELDS = (
 _OPTIONAL_FIELDS = ("tokens", "environment", "extra")
 FIELDS = _REQUIRED_FIELDS + _OPTIONAL_FIELDS
 
-# timm names that ``backbones.naming`` does not parse but that bench / reference tables use.
+# timm names that ``visbench.backbones.naming`` does not parse but that bench / reference tables use.
 _TIMM_PREFIXES: tuple[tuple[str, tuple[str, str, str, str]], ...] = (
     ("mambaout_", ("gated_cnn", "conv", "none", "hierarchical")),
     ("test_mambaout", ("gated_cnn", "conv", "none", "hierarchical")),  # timm's tiny test models
@@ -114,11 +114,11 @@ class ResultError(ValueError):
 
 
 def describe_model(name: str) -> dict[str, str]:
-    """``family``, ``mixer``, ``order``, ``body`` of a model name (ours via ``backbones.naming``, or timm's).
+    """``family``, ``mixer``, ``order``, ``body`` of a model name (ours: ``backbones.naming``; or timm's).
 
     Unknown names give ``"unknown"`` for each field rather than an error: bench may time any timm model.
     """
-    from backbones.naming import describe
+    from visbench.backbones.naming import describe
 
     try:
         d = describe(name)

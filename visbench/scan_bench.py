@@ -109,7 +109,7 @@ def _inputs(batch: int, dim: int, dstate: int, length: int, device: str, grad: b
 def _run_once(inputs: dict, backend: str, mode: str, device: str) -> None:
     import torch
 
-    from kernels import selective_scan
+    from visbench.kernels import selective_scan
 
     if mode == "fwd":
         with torch.no_grad():
@@ -125,7 +125,7 @@ def _run_once(inputs: dict, backend: str, mode: str, device: str) -> None:
 
 def measure(variant: str, case: dict, device: str, repeats: int, time_budget: float) -> dict:
     """One measurement, in this process: {"seconds": best wall time, "peak_bytes": RSS peak or None}."""
-    from kernels import scan_cpu
+    from visbench.kernels import scan_cpu
 
     backend, impl = VARIANTS[variant]
     scan_cpu.use_implementation(impl)
@@ -199,12 +199,12 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def _available_variants(device: str) -> set[str]:
-    from kernels import available_backends
+    from visbench.kernels import available_backends
 
     names = set(available_backends(device))
     found = {v for v, (backend, _) in VARIANTS.items() if backend in names}
     if device == "cpu":
-        from kernels import scan_cpu
+        from visbench.kernels import scan_cpu
 
         if scan_cpu._numba_module() is None:
             found.discard("cpu")  # it would silently be the fallback: do not report it twice
@@ -214,7 +214,7 @@ def _available_variants(device: str) -> set[str]:
 def run_benchmark(quick: bool, device: str, repeats: int, budget: float, out=sys.stdout) -> list[dict]:
     import torch
 
-    from kernels import scan_cpu
+    from visbench.kernels import scan_cpu
 
     available = _available_variants(device)
     print(f"# selective scan benchmark ({'quick' if quick else 'full'})", file=out)

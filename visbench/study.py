@@ -33,9 +33,9 @@ from visbench.config import (
     deep_merge,
     load_yaml_with_bases,
 )
+from visbench.resources import CONFIG_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "study" / "default.yaml"
+DEFAULT_CONFIG = CONFIG_ROOT / "study" / "default.yaml"
 
 
 @dataclass
@@ -99,7 +99,7 @@ def load_study_config(
 
 
 def _body(model: str) -> str:
-    from backbones.naming import describe
+    from visbench.backbones.naming import describe
 
     try:
         return describe(model).body

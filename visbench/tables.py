@@ -37,9 +37,10 @@ from typing import Any
 
 import yaml
 
+from visbench.resources import CONFIG_ROOT
 from visbench.results import BBOX_METRICS, SEGM_METRICS, ResultError, load_results
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "configs" / "reference"
+REFERENCE_DIR = CONFIG_ROOT / "reference"
 MEASURED = "measured"
 CAUSAL_ORDERS = ("causal",)
 SEMSEG_METRICS = ("miou_ss", "miou_ms")  # semantic segmentation mIoU, single- / multi-scale (%)
@@ -108,9 +109,10 @@ class Row:
 def load_reference(reference_dir: Path = REFERENCE_DIR) -> list[Row]:
     """Published rows from ``reference_dir/*.yaml``; a malformed file is a ``ValueError`` naming it."""
     rows: list[Row] = []
-    if not reference_dir.is_dir():
-        return rows
-    for path in sorted(reference_dir.glob("*.yaml")):
+    paths = sorted(reference_dir.glob("*.yaml")) if reference_dir.is_dir() else []
+    if not paths:  # a table without its published rows would look complete: refuse
+        raise FileNotFoundError(f"reference data: no *.yaml files in {reference_dir}")
+    for path in paths:
         try:
             doc = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

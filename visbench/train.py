@@ -162,7 +162,7 @@ def effective_lr(cfg: TrainConfig, world_size: int) -> float:
 
 def tokens_for(model_name: str, input_size: list[int]) -> int | None:
     """Sequence length the first token mixer sees, from the body named by the model name."""
-    from backbones.naming import describe
+    from visbench.backbones.naming import describe
 
     try:
         body = describe(model_name).body

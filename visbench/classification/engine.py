@@ -27,7 +27,11 @@ class NonFiniteLossError(RuntimeError):
 def register_backbones() -> None:
     """Import ``backbones`` so its models register with timm (and its body submodules, to be safe)."""
     importlib.import_module("backbones")
-    for sub in ("backbones.hierarchical", "backbones.isotropic", "backbones.sequence"):
+    for sub in (
+        "visbench.backbones.hierarchical",
+        "visbench.backbones.isotropic",
+        "visbench.backbones.sequence",
+    ):
         with contextlib.suppress(ImportError):
             importlib.import_module(sub)
 
@@ -181,9 +185,9 @@ def evaluate(
 
 
 def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int | None]:
-    """Parameters and MACs (batch 1) through ``backbones.complexity`` when it is available."""
+    """Parameters and MACs (batch 1) through ``visbench.backbones.complexity`` when it is available."""
     try:
-        from backbones.complexity import count_macs, count_params
+        from visbench.backbones.complexity import count_macs, count_params
     except ImportError:
         return sum(p.numel() for p in model.parameters()), None
     params = int(count_params(model))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backbones.naming import describe
+from visbench.backbones.naming import describe
 from visbench.results import coco_metrics_from_mmdet, make_result, write_result
 
 
@@ -47,12 +47,12 @@ def detector_macs(model: Any, data_batch: Mapping[str, Any]) -> tuple[int, tuple
 
     mmdetection's own ``get_flops`` route: the data preprocessor, then the tensor-mode forward
     (backbone, neck, RPN with its proposals, RoI heads; box decoding and NMS are not counted). The
-    counter is ours (:func:`backbones.complexity.flop_counter`), so the selective scan and CPU
+    counter is ours (:func:`visbench.backbones.complexity.flop_counter`), so the selective scan and CPU
     attention are counted by their formulas, which mmengine's tracer cannot see.
     """
     import torch
 
-    from backbones.complexity import flop_counter
+    from visbench.backbones.complexity import flop_counter
 
     batch = {key: value[:1] for key, value in data_batch.items()}
     was_training = model.training

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from visbench.detection.checkpoints import allow_mmengine_checkpoints
+from visbench.resources import resolve_config
 
 
 def require_mmdet() -> None:
@@ -46,9 +47,12 @@ def load_config(
     require_mmdet()
     from mmengine.config import Config
 
-    config = Path(config)
+    try:
+        config = resolve_config(config)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"detection config {config} does not exist (see configs/coco/)") from err
     if not config.is_file():
-        raise FileNotFoundError(f"detection config {config} does not exist (see configs/coco/)")
+        raise FileNotFoundError(f"detection config {config} is not a file (see configs/coco/)")
     cfg = Config.fromfile(str(config))
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from visbench.data.fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
+from visbench.resources import CONFIG_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STUDY_CONFIG = REPO_ROOT / "configs" / "coco" / "embedded" / "mask_rcnn_fpn_fashion_mnist_study.py"
+STUDY_CONFIG = CONFIG_ROOT / "coco" / "embedded" / "mask_rcnn_fpn_fashion_mnist_study.py"
 
 
 @dataclass

@@ -3,7 +3,8 @@ default_scope = "mmdet"
 # VisBenchBackbone (every visbench model) and VisBenchCocoMetric (AP at large maxDets) into mmdet's
 # registries.
 custom_imports = dict(
-    imports=["backbones.mmdet_backbone", "visbench.detection.coco_metric"], allow_failed_imports=False
+    imports=["visbench.backbones.mmdet_backbone", "visbench.detection.coco_metric"],
+    allow_failed_imports=False,
 )
 
 default_hooks = dict(
