@@ -271,7 +271,7 @@ def count_macs_by_kind(model: nn.Module, input_size: Sequence[int] | torch.Tenso
     was_training = model.training
     model.eval()
     # The blocks' no-grad inference paths call weights directly and may skip tokens the head never
-    # reads; any global forward hook turns them off (visbench.backbones.inference), as FlopCounterMode's module
+    # reads; any global forward hook turns them off (backbones/inference.py), as FlopCounterMode's module
     # tracker does for count_macs. So both count every module's own forward, and the kinds sum to it.
     keep_module_forwards = register_module_forward_hook(lambda module, args, output: None)
     try:

@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.blocks import GatedBlock
 from visbench.backbones.mixers import default_order
+from visbench.backbones.param_tags import no_weight_decay_names
 
 __all__ = ["HierarchicalNet", "checkpoint_filter_fn", "SIZES", "FAMILIES"]
 
@@ -239,8 +240,8 @@ class HierarchicalNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Mamba excludes A_log and D from weight decay."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("A_log", ".D"))}
+        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.cpu_gemm import linear, linear_add, linear_gelu
 from visbench.backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
+from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
 
 __all__ = ["GatedIsotropicNet", "SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
 
@@ -111,7 +112,7 @@ class SelfAttention(nn.Module):
           ``W_proj @ b_v`` to every output;
         - so ``qkv`` runs as a bias-free GEMM and only the query bias is added (``F.linear`` would first
           copy the bias into all ``3 * dim`` outputs);
-        - ``proj`` adds into the new residual stream inside the GEMM (:func:`visbench.backbones.cpu_gemm.linear_add`),
+        - ``proj`` adds into the new residual stream inside the GEMM (``cpu_gemm.linear_add``),
           so there is no bias copy and no separate residual add.
 
         The GEMMs go through :mod:`visbench.backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere).
@@ -275,7 +276,8 @@ class _IsotropicBase(nn.Module):
     # -- timm model API ----------------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -365,6 +367,7 @@ class VisionTransformer(_IsotropicBase):
         self.num_prefix_tokens = 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        exclude_from_weight_decay(self.cls_token, self.pos_embed)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(
@@ -490,9 +493,9 @@ class VisionTransformer(_IsotropicBase):
 class GatedIsotropicNet(_IsotropicBase):
     """Isotropic body of Gated CNN blocks with a pluggable sequence operator, on the (H/16, W/16) map.
 
-    ``mixer``/``order`` go to ``visbench.backbones.blocks.GatedBlock`` (``mixer="conv"`` is the plain Gated CNN
-    block; ``"ssm"``/``"attn"`` add the sequence operator of MambaOut's Figure 1). No class token: the
-    head pools the map (``avg``) or reads the last token in row-major order (``last``).
+    ``mixer``/``order`` go to ``visbench.backbones.blocks.GatedBlock`` (``mixer="conv"`` is the plain
+    Gated CNN block; ``"ssm"``/``"attn"`` add the sequence operator of MambaOut's Figure 1). No class
+    token: the head pools the map (``avg``) or reads the last token in row-major order (``last``).
     """
 
     def __init__(
@@ -517,6 +520,7 @@ class GatedIsotropicNet(_IsotropicBase):
         self.mixer, self.order = mixer, order
         grid = self.patch_embed.grid_size
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0], grid[1], embed_dim))
+        exclude_from_weight_decay(self.pos_embed)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(
             *[

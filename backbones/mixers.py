@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from visbench.backbones.param_tags import exclude_from_weight_decay
 from visbench.kernels import causal_conv1d, scan_orders, selective_scan
 
 __all__ = [
@@ -133,6 +134,7 @@ class SelectiveScanOperator(nn.Module):
         self.dt_proj_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * dim, 1))
         self.D = nn.Parameter(torch.ones(k * dim))
+        exclude_from_weight_decay(self.A_log, self.D)  # as Mamba: the state matrix and skip are not decayed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape

@@ -11,8 +11,8 @@ Mixers (``mixer=`` / ``order=``; names in the registry below):
 
 - ``conv`` + ``causal``: the Gated CNN block whose token operator is a causal depthwise conv1d of
   width 7 (:class:`CausalConvOperator`, through ``visbench.kernels.causal_conv1d``). MambaOut's 7x7
-  conv is not causal; this is its causal analogue. Its receptive field is ``depth * 6 + 1`` tokens, so the last
-  token does *not* see the whole image: that is the gated CNN's handicap on long causal tasks, which
+  conv is not causal; this is its causal analogue. Its receptive field is ``depth * 6 + 1`` tokens, so
+  the last token does *not* see the whole image: that is the gated CNN's handicap on long causal tasks, which
   is the point of the comparison. ``conv`` + ``full`` is the block's own (non-causal) depthwise conv.
 - ``ssm`` (``causal`` or ``bidir``) and ``attn`` (``causal`` or ``full``): D1's operators in the same
   block (``visbench.backbones.mixers``).
@@ -35,6 +35,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
 from visbench.kernels import causal_conv1d
 
 __all__ = ["CausalConvOperator", "PixelSequenceNet", "is_causal_order"]
@@ -81,7 +82,7 @@ def _sequence_block(
     """A GatedBlock; for ``conv`` + ``causal`` its depthwise conv is swapped for a causal conv1d."""
     if mixer == "conv" and is_causal_order(order):
         # The conv operator of visbench.backbones.mixers has no causal order: build the block with a
-        # minimal 1x1 conv and put the causal operator at ``block.mixer`` (the block's documented operator slot).
+        # minimal 1x1 conv and put the causal operator at ``block.mixer`` (its documented operator slot).
         block = GatedBlock(dim, mixer="conv", kernel_size=1, drop_path=drop_path, **block_kwargs)
         block.mixer = CausalConvOperator(block.split_sizes[2], conv_width)
         return block
@@ -125,6 +126,8 @@ class PixelSequenceNet(nn.Module):
 
         self.embed = nn.Linear(in_chans, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.seq_len, embed_dim)) if pos_embed else None
+        if self.pos_embed is not None:
+            exclude_from_weight_decay(self.pos_embed)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(
             *[
@@ -147,7 +150,8 @@ class PixelSequenceNet(nn.Module):
     # -- timm model API ----------------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed"}
+        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""GFLOP/s of the inference paths' GEMMs per back end (``visbench.backbones.cpu_gemm``), with oneDNN / BLAS ratios.
+"""GFLOP/s of the inference paths' GEMMs per back end (``backbones.cpu_gemm``), with oneDNN / BLAS ratios.
 
     python benchmarks/cpu_gemm.py                 # ViT-S and MambaOut-T linear shapes, batch 16, 224^2
     python benchmarks/cpu_gemm.py --repeats 31

@@ -1,4 +1,4 @@
-"""GatedBlock's no-grad path (visbench.backbones.blocks): same outputs as its autograd path, and really taken."""
+"""GatedBlock's no-grad path (backbones.blocks): same outputs as its autograd path, and really taken."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ViT's inference path (visbench.backbones.isotropic): ViTBlock.forward_inference and the class-token-only last block.
+"""ViT's inference path (backbones.isotropic): ViTBlock.forward_inference and the class-token-only last block.
 
 Every check uses random, non-zero biases: the path drops the key bias and folds the value bias into
 ``proj``, and timm's init (zero biases) would hide a mistake there.
