@@ -7,13 +7,15 @@ Result files and tables use this to label rows without building the model.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 SIZES = ("femto", "kobe", "tiny", "small", "base")
 
 # family part of the name -> (family, mixer, order, default body)
 _FAMILY_PARTS: dict[str, tuple[str, str, str, str]] = {
-    "gated_cnn": ("gated_cnn", "conv", "none", "hierarchical"),
+    "gated_cnn": ("gated_cnn", "conv", "full", "hierarchical"),
     "ssm_causal": ("ssm", "ssm", "causal", "hierarchical"),
     "ssm_bidir": ("ssm", "ssm", "bidir", "hierarchical"),
     "ssm_cross2d": ("ssm", "ssm", "cross2d", "hierarchical"),
@@ -25,6 +27,15 @@ _FAMILY_PARTS: dict[str, tuple[str, str, str, str]] = {
     "vim": ("ssm", "ssm", "bidir", "isotropic"),
 }
 _BODY_PREFIXES = {"seq_": "sequence", "iso_": "isotropic"}
+
+# Stride of each stage's token map, per body: hierarchical = MambaOut's stem (4) and three
+# downsamplings (padded stride-2 convs, so a side of n gives ceil(n / 2)); isotropic = patch 16
+# (the input side must divide); sequence = one token per pixel.
+BODY_STAGE_STRIDES: dict[str, tuple[int, ...]] = {
+    "hierarchical": (4, 8, 16, 32),
+    "isotropic": (16,),
+    "sequence": (1,),
+}
 
 
 @dataclass(frozen=True)
@@ -55,3 +66,17 @@ def describe(name: str) -> ModelDescription:
     if body == "sequence" and mixer == "conv":
         order = "causal"  # the pixel-sequence gated CNN uses a causal depthwise conv (backbones/sequence.py)
     return ModelDescription(name, family, mixer, order, body or default_body, size)
+
+
+def tokens_per_stage(name: str, input_size: Sequence[int]) -> tuple[int, ...]:
+    """Tokens L that each stage's mixers see at ``input_size`` (``(H, W)`` or ``(C, H, W)``).
+
+    The one place that turns a model name and an input size into token counts: results, tables,
+    analyze, bench and the study read it. ``ValueError`` for a name :func:`describe` does not know.
+    """
+    height, width = (int(v) for v in input_size[-2:])
+    body = describe(name).body
+    strides = BODY_STAGE_STRIDES[body]
+    if body == "isotropic":
+        return tuple((height // s) * (width // s) for s in strides)
+    return tuple(math.ceil(height / s) * math.ceil(width / s) for s in strides)

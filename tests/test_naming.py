@@ -18,12 +18,12 @@ def test_every_registered_model_name_is_described() -> None:
 @pytest.mark.parametrize(
     ("name", "family", "mixer", "order", "body"),
     [
-        ("gated_cnn_tiny", "gated_cnn", "conv", "none", "hierarchical"),
+        ("gated_cnn_tiny", "gated_cnn", "conv", "full", "hierarchical"),
         ("ssm_cross2d_small", "ssm", "ssm", "cross2d", "hierarchical"),
         ("attn_causal_tiny", "attention", "attn", "causal", "hierarchical"),
         ("vit_causal_small", "attention", "attn", "causal", "isotropic"),
         ("vim_small", "ssm", "ssm", "bidir", "isotropic"),
-        ("iso_gated_cnn_small", "gated_cnn", "conv", "none", "isotropic"),
+        ("iso_gated_cnn_small", "gated_cnn", "conv", "full", "isotropic"),
         ("seq_gated_cnn_tiny", "gated_cnn", "conv", "causal", "sequence"),
         ("seq_ssm_causal_tiny", "ssm", "ssm", "causal", "sequence"),
     ],
