@@ -85,7 +85,7 @@ def test_training_lowers_bits_per_pixel_below_the_uniform_cost() -> None:
     for i in range(64):
         r, c = rng.integers(0, 5, size=2)
         images[i, r : r + 3, c : c + 3] = 255
-    cfg = npx.NextPixelConfig(model="seq_ssm_causal_tiny", steps=120, batch_size=16, lr=5e-3, model_kwargs=SMALL)
+    cfg = npx.NextPixelConfig("seq_ssm_causal_tiny", steps=120, batch_size=16, lr=5e-3, model_kwargs=SMALL)
     out = npx.train_next_pixel(cfg, images[:48], images[48:])
-    assert out["bits_per_pixel"] < 0.5 * math.log2(cfg.levels), out
+    assert out["bits_per_pixel"] < 0.25 * math.log2(cfg.levels), out  # a uniform guess costs 4 bits
     assert out["train_seconds"] > 0
