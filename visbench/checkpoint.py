@@ -8,13 +8,13 @@ Layout under a run's ``checkpoints/`` folder::
     latest                                   name of the newest complete checkpoint folder
 
 A checkpoint folder is written under a temporary name (each file fsynced) and renamed into place,
-then ``latest`` is replaced atomically, so a kill at any moment leaves the previous checkpoint
-intact. Loading never unpickles arbitrary objects: safetensors, and ``torch.load(weights_only=True)``.
+then ``latest`` is replaced atomically (both through :mod:`visbench.atomic`), so a kill at any
+moment leaves the previous checkpoint intact. Loading never unpickles arbitrary objects:
+safetensors, and ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,42 +25,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from visbench.atomic import TMP_PREFIX, atomic_directory, atomic_write_text
+
 FORMAT = "visbench-checkpoint-v1"
 LATEST = "latest"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, or was written for another model; the message names the file."""
-
-
-# ------------------------------------------------------------------------------------------- file helpers
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------------------------- RNG state
@@ -127,28 +99,19 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch{epoch:04d}-step{step:07d}"
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     metadata = {"format": FORMAT, "model": model_name, "epoch": str(epoch), "step": str(step)}
-    save_file(_plain_weights(model_state), str(tmp / "model.safetensors"), metadata=metadata)
-    if ema_state is not None:
-        save_file(_plain_weights(ema_state), str(tmp / "ema.safetensors"), metadata=metadata)
-    torch.save(
-        {"format": FORMAT, "model": model_name, "epoch": epoch, "step": step, **train_state}, tmp / "state.pt"
-    )
-    for file in tmp.iterdir():
-        _fsync_file(file)
-    _fsync_dir(tmp)
-    if final.exists():  # same step saved again (e.g. signal right after an epoch checkpoint)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
+    # Saving the same step again (a signal right after an epoch checkpoint) replaces that folder.
+    with atomic_directory(root / name) as tmp:
+        save_file(_plain_weights(model_state), str(tmp / "model.safetensors"), metadata=metadata)
+        if ema_state is not None:
+            save_file(_plain_weights(ema_state), str(tmp / "ema.safetensors"), metadata=metadata)
+        torch.save(
+            {"format": FORMAT, "model": model_name, "epoch": epoch, "step": step, **train_state},
+            tmp / "state.pt",
+        )
     atomic_write_text(root / LATEST, name + "\n")
     _prune(root, keep=max(keep, 1), current=name)
-    return final
+    return root / name
 
 
 def _prune(root: Path, keep: int, current: str) -> None:
@@ -156,8 +119,11 @@ def _prune(root: Path, keep: int, current: str) -> None:
     for old in folders[:-keep]:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a process killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f"{TMP_PREFIX}*"):  # folders and files left by a process killed while writing
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -48,10 +48,11 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from visbench.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 RESULT_FILENAME = "result.json"
@@ -424,7 +425,7 @@ def validate_result(result: Any, source: str = "result") -> dict[str, Any]:
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
-    """Validate ``result`` and write ``run_dir/result.json`` atomically (temp file, fsync, rename).
+    """Validate ``result`` and write ``run_dir/result.json`` atomically (:mod:`visbench.atomic`).
 
     Fills ``schema_version`` when missing. Returns the path written.
     """
@@ -435,24 +436,7 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     validate_result(result, source=f"{path} (not written)")
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".json.tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(run_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    atomic_write_text(path, text)
     return path
 
 

@@ -11,13 +11,13 @@ only numpy.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from visbench.atomic import atomic_write_text
 
 
 class CocoFormatError(ValueError):
@@ -85,18 +85,11 @@ def make_coco(
 
 
 def write_coco(path: Path, coco: dict[str, Any]) -> Path:
-    """Check ``coco`` and write it to ``path`` atomically (temp file + rename)."""
+    """Check ``coco`` and write it to ``path`` atomically (:mod:`visbench.atomic`)."""
     path = Path(path)
     validate_coco(coco, source=f"{path} (not written)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(coco, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(coco, separators=(",", ":")))
     return path
 
 
