@@ -14,7 +14,7 @@ import torch
 import yaml
 from test_train import tiny_config
 
-from visbench.checkpoint import (
+from visbench.classification.checkpoints import (
     CheckpointError,
     find_latest,
     load_state,
@@ -24,7 +24,7 @@ from visbench.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from visbench.train import train
+from visbench.classification.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = {"log": lambda *a: None}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from visbench.classification.trainer import effective_lr
 from visbench.config import ConfigError, load_config, parse_override
-from visbench.train import effective_lr
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGENET = sorted(p for p in (REPO / "configs" / "imagenet").glob("*.yaml") if not p.name.startswith("_"))

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from test_train import tiny_config
 
+from visbench.classification.trainer import train
 from visbench.config import config_from_dict
 from visbench.data.classification import DatasetNotFoundError, build_dataset, collate_skipping
 from visbench.data.fashion_mnist import load_fashion_mnist
 from visbench.results import read_result
-from visbench.train import train
 
 
 def test_fashion_mnist_subset_is_fixed_and_class_balanced(fashion_mnist_dir: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from test_train import tiny_config
 
-from visbench.checkpoint import find_latest, load_weights
+from visbench.classification.checkpoints import find_latest, load_weights
 from visbench.distributed import DistInfo, ResumableDistributedSampler, ShardSampler
 
 
@@ -31,8 +31,8 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, data_root: str)
         LOCAL_RANK=str(rank),
         OMP_NUM_THREADS="1",
     )
+    from visbench.classification.trainer import train
     from visbench.distributed import cleanup_distributed
-    from visbench.train import train
 
     # Augmentation differs per rank (seed + rank): equal weights must come from the gradient all-reduce.
     cfg = tiny_config(

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from visbench.checkpoint import find_latest, load_weights
+from visbench.classification.checkpoints import find_latest, load_weights
+from visbench.classification.trainer import train
 from visbench.config import TrainConfig, config_from_dict
 from visbench.data.classification import DatasetNotFoundError
 from visbench.results import read_result
-from visbench.train import train
 
 # Every family at the smallest widths that still build: same recipe, same steps, same seed.
 HIERARCHICAL = {"dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help). Order is the order shown by --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("visbench.study", "run the one-command study on the embedded data and write the tables"),
-    "train": ("visbench.train", "train a classifier from a YAML config"),
-    "eval": ("visbench.evaluate", "evaluate a classifier checkpoint"),
+    "train": ("visbench.classification.trainer", "train a classifier from a YAML config"),
+    "eval": ("visbench.classification.evaluate", "evaluate a classifier checkpoint"),
     "detect": ("visbench.detection.cli", "train / test a detector through mmdetection"),
     "make-data": ("visbench.embedded_data", "build the embedded detection sets from packaged data"),
     "bench": ("visbench.bench", "params, MACs, throughput and peak memory of models"),

@@ -149,7 +149,7 @@ def run_classification(
     study: StudyConfig, parts: dict[str, PartConfig], out_dir: Path, budget_s: float, say: Any = print
 ) -> list[Path]:
     """Train the planned runs in order (skipping finished ones) until the budget is spent."""
-    from visbench.train import train
+    from visbench.classification.trainer import train
 
     runs = plan_runs(study, parts, out_dir)
     start = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
+import visbench.backbones  # noqa: F401  (importing the package registers every visbench model with timm)
+from visbench.backbones.naming import tokens_per_stage
 from visbench.config import TrainConfig
 from visbench.distributed import DistInfo, all_reduce_sum
 
@@ -24,21 +25,18 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def register_backbones() -> None:
-    """Import ``backbones`` so its models register with timm (and its body submodules, to be safe)."""
-    importlib.import_module("backbones")
-    for sub in (
-        "visbench.backbones.hierarchical",
-        "visbench.backbones.isotropic",
-        "visbench.backbones.sequence",
-    ):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(sub)
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run's tensors are computed: the same for training and evaluation."""
+
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None = full precision (:func:`resolve_amp`)
+    channels_last: bool
+    info: DistInfo
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """``timm.create_model`` with the config's classes, channels, drop path, input size and extra kwargs."""
-    register_backbones()
     m = cfg.model
     kwargs: dict = dict(
         num_classes=cfg.data.num_classes,
@@ -132,13 +130,11 @@ class EvalResult:
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    channels_last: bool,
-    info: DistInfo,
+    runtime: Runtime,
     progress: Callable[[Iterator], Iterator] | None = None,
 ) -> EvalResult:
     """Top-1 / top-5 (percent) and loss over the whole split, summed over ranks; timed forward passes."""
+    device = runtime.device
     was_training = model.training
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -149,11 +145,11 @@ def evaluate(
         skipped += n_skipped
         if len(targets) == 0:
             continue
-        images, targets = to_device(images, device, channels_last), targets.to(device)
+        images, targets = to_device(images, device, runtime.channels_last), targets.to(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with autocast(device, amp_dtype):
+        with autocast(device, runtime.amp):
             logits = model(images)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -169,7 +165,7 @@ def evaluate(
         correct5 += hits.any(dim=1).sum().item()
         count += len(targets)
     loss_sum, correct1, correct5, count, skipped = all_reduce_sum(
-        [loss_sum, correct1, correct5, count, skipped], info, device
+        [loss_sum, correct1, correct5, count, skipped], runtime.info, device
     )
     model.train(was_training)
     if count == 0:
@@ -196,3 +192,11 @@ def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) ->
     except Exception:  # a MAC counter failure must not lose a finished training run
         macs = None
     return params, macs
+
+
+def mixer_tokens(model_name: str, input_size: list[int]) -> int | None:
+    """Tokens the first token mixer sees (``naming.tokens_per_stage``); None for a plain timm model."""
+    try:
+        return tokens_per_stage(model_name, input_size)[0]
+    except ValueError:  # not a visbench name (e.g. timm's vit_small_patch16_224): result.json omits tokens
+        return None

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visbench import checkpoint as ckpt
-from visbench.classification.engine import build_model, count_params_and_macs, evaluate, resolve_amp
-from visbench.config import ConfigError, TrainConfig
-from visbench.data.classification import (
-    DatasetNotFoundError,
-    build_dataset,
-    build_transform,
-    collate_skipping,
+from visbench.classification import checkpoints as ckpt
+from visbench.classification.cli import USER_ERRORS, add_config_arguments, config_from_args, report_error
+from visbench.classification.engine import (
+    Runtime,
+    build_model,
+    count_params_and_macs,
+    evaluate,
+    mixer_tokens,
+    resolve_amp,
 )
+from visbench.config import TrainConfig
+from visbench.data.classification import build_dataset, build_transform, collate_skipping
 from visbench.distributed import ShardSampler, cleanup_distributed, init_distributed, resolve_device
-from visbench.train import config_from_args, tokens_for
 
 
 def weights_path(checkpoint: str | Path, ema: bool) -> Path:
+    """The safetensors file that ``--checkpoint`` (and ``--ema``) name."""
     path = Path(checkpoint)
     if path.suffix == ".safetensors":
         return path
@@ -55,7 +57,7 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str | Path, ema: bool = Fa
         collate_fn=collate_skipping,
     )
     amp = resolve_amp(cfg.train.amp, device)
-    result = evaluate(model, loader, device, amp, cfg.train.channels_last, info)
+    result = evaluate(model, loader, Runtime(device, amp, cfg.train.channels_last, info))
     params, macs = count_params_and_macs(model, (cfg.data.in_chans, *cfg.data.input_size))
     return {
         "weights": str(path),
@@ -74,9 +76,8 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str | Path, ema: bool = Fa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config of the model and data")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    parser.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE")
+    """``visbench eval``'s arguments."""
+    add_config_arguments(parser)
     parser.add_argument(
         "--checkpoint", required=True, help="run folder, checkpoint folder, or .safetensors file"
     )
@@ -85,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``visbench eval``: print the metrics as JSON (rank 0); 2 for a user error."""
     from visbench.results import make_result, now_iso, write_result
 
     start = now_iso()
@@ -92,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, config_path = config_from_args(args)
         metrics = evaluate_checkpoint(cfg, args.checkpoint, args.ema)
-    except (ConfigError, DatasetNotFoundError, ckpt.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report_error(err)
     finally:
         cleanup_distributed()
     if not metrics.pop("is_main"):
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             metrics={"top1": round(metrics["top1"], 4), "top5": round(metrics["top5"], 4)},
             start_time=start,
             seed=cfg.train.seed,
-            tokens=tokens_for(cfg.model.name, cfg.data.input_size),
+            tokens=mixer_tokens(cfg.model.name, cfg.data.input_size),
             throughput=throughput,
             config_path=resolved,
             device=metrics["device"],
