@@ -51,9 +51,108 @@ def test_cli_writes_valid_bench_results(tmp_path: Path, capsys: pytest.CaptureFi
     print(f"img/s ratio 4 -> 16 tokens: {by_tokens[4] / by_tokens[16]:.2f}")
 
 
-def test_unknown_model_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_model_is_one_line_naming_it_and_close_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visbench.cli import main
+
+    assert main(["bench", "--models", "gated_cnn_tiyn", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'gated_cnn_tiyn'" in err and "'gated_cnn_tiny'" in err
+
+
+def test_interleaved_windows_alternate_abba() -> None:
+    import torch
+
+    calls: list[str] = []
+    times = bench.time_interleaved(
+        [lambda: calls.append("a"), lambda: calls.append("b")],
+        torch.device("cpu"),
+        warmup=1,
+        repeats=4,
+        iters=1,
+    )
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"  # warm-up, then A B, B A, A B, B A
+    assert [len(t) for t in times] == [4, 4]
+
+
+def test_speed_ratio_is_partner_time_over_this_time_per_repeat() -> None:
+    median, q1, q3 = bench.speed_ratio([1.0, 2.0, 1.0, 2.0, 1.0], [2.0, 4.0, 3.0, 2.0, 2.0])
+    assert median == 2.0 and q1 == 2.0 and q3 == 2.0
+    assert bench.speed_ratio([1.0, 1.0], [1.0, 3.0]) == (2.0, 1.0, 3.0)  # < 4 repeats: min and max
+
+
+def test_pair_with_needs_one_partner_per_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from visbench.cli import main
+
+    argv = ["bench", "--models", "test_vit,test_mambaout", "--pair-with", "test_vit", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--pair-with: expected 2 names" in err
+
+
+def test_paired_run_records_engine_ratio_and_both_mac_conventions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    args = parser.parse_args(["--models", "no_such_net", "--device", "cpu", "--out", str(tmp_path)])
-    assert bench.run(args) == 2
-    assert "no_such_net" in capsys.readouterr().err
+    args = parser.parse_args(
+        ["--models", "test_vit", "--pair-with", "test_mambaout", "--device", "cpu", "--batch-size", "1"]
+        + [
+            "--sizes",
+            "32",
+            "--warmup",
+            "1",
+            "--repeats",
+            "4",
+            "--iters",
+            "1",
+            "--no-train",
+            "--memory",
+            "none",
+        ]
+        + ["--out", str(tmp_path)]
+    )
+    assert bench.run(args) == 0
+    results = {r["model"]: r for r in (read_result(f) for f in tmp_path.rglob("result.json"))}
+    assert set(results) == {"test_vit", "test_mambaout"}
+    for name, other in (("test_vit", "test_mambaout"), ("test_mambaout", "test_vit")):
+        extra = results[name]["extra"]
+        assert extra["engine"] == "eager" and extra["compile"] == "none"
+        (paired,) = extra["paired"]
+        assert paired["model"] == other and paired["engine"] == "eager"
+        assert paired["speed_ratio_q1"] <= paired["speed_ratio"] <= paired["speed_ratio_q3"]
+        assert "macs_fvcore" in extra and results[name]["macs"] > 0
+    ratio_vit = results["test_vit"]["extra"]["paired"][0]["speed_ratio"]
+    ratio_mambaout = results["test_mambaout"]["extra"]["paired"][0]["speed_ratio"]
+    assert ratio_vit * ratio_mambaout == pytest.approx(1.0, rel=0.5)  # medians of reciprocal ratios
+    assert "paired (windows interleaved ABBA" in capsys.readouterr().out
+
+
+def test_compile_choice_is_recorded_for_every_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[str] = []
+
+    def record_engine(model, compile):  # the recording, not inductor, is under test here
+        compiled.append(compile)
+        return model
+
+    monkeypatch.setattr(bench, "apply_engine", record_engine)
+    (result,) = bench.measure_group(
+        [("test_vit", "inductor-freeze")], (32, 32), batch_size=1, warmup=0, repeats=1, iters=1, train=False
+    )
+    assert compiled == ["inductor-freeze"]
+    assert result["extra"]["engine"] == "torch.compile(inductor, freezing)"
+    assert result["throughput"]["warmup"] == 1  # compilation happens in a warm-up step, never timed
+
+
+def test_inductor_freeze_engine_matches_eager_output() -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()).eval()
+    x = torch.randn(2, 8)
+    forward = bench.apply_engine(model, "inductor-freeze")
+    with bench.engine_context("inductor-freeze"), torch.inference_mode():
+        assert torch.allclose(forward(x), model(x), atol=1e-6)
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.freezing is False  # the setting lasts for the block only

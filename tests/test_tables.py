@@ -3,7 +3,6 @@ images and a tiny bench run), checked for structure; malformed inputs named; plo
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -206,10 +205,11 @@ def test_cli_reports_invalid_file_and_exit_code(tmp_path: Path, capsys: pytest.C
     run = tmp_path / "r1"
     run.mkdir()
     (run / "result.json").write_text('{"schema_version": 1, "model": "x"}')
-    parser = argparse.ArgumentParser()
-    tables.add_arguments(parser)
-    assert tables.run(parser.parse_args([str(run), "--out", str(tmp_path / "o")])) == 2
-    assert "r1" in capsys.readouterr().err
+    from visbench.cli import main
+
+    assert main(["tables", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visbench tables: error: ") and "r1" in err and err.count("\n") == 1
 
 
 def test_malformed_reference_file_is_named(tmp_path: Path) -> None:

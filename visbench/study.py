@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,18 +385,15 @@ def run(args: argparse.Namespace) -> int:
     if "=" in config and not Path(config).exists():
         config, overrides = str(DEFAULT_CONFIG), [config, *overrides]
     overrides += args.set_
-    try:
-        study, parts = load_study_config(config, overrides)
-        if args.parts:
-            wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
-            for name in wanted:
-                if name not in parts:
-                    raise ConfigError(f"--parts: unknown part '{name}'{closest_key_hint(name, list(parts))}")
-            parts = {name: parts[name] for name in wanted}
-        out_dir = _out_dir(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # A ConfigError raises; `visbench` (cli.main) turns it into one line and exit 2.
+    study, parts = load_study_config(config, overrides)
+    if args.parts:
+        wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+        for name in wanted:
+            if name not in parts:
+                raise ConfigError(f"--parts: unknown part '{name}'{closest_key_hint(name, list(parts))}")
+        parts = {name: parts[name] for name in wanted}
+    out_dir = _out_dir(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.yaml").write_text(
         yaml.safe_dump({"config": str(config), "overrides": overrides}, sort_keys=False)

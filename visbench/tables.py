@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from visbench.resources import CONFIG_ROOT
-from visbench.results import BBOX_METRICS, SEGM_METRICS, ResultError, load_results
+from visbench.results import BBOX_METRICS, SEGM_METRICS, load_results
 
 REFERENCE_DIR = CONFIG_ROOT / "reference"
 MEASURED = "measured"
@@ -671,16 +671,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        written = generate(
-            args.run_dirs,
-            args.out,
-            skip_invalid=args.skip_invalid,
-            reference_dir=None if args.no_reference else args.reference,
-        )
-    except (ResultError, FileNotFoundError, ValueError) as err:
-        print(f"visbench tables: {err}", file=sys.stderr)
-        return 2
+    # A missing folder or malformed file raises; `visbench` (cli.main) turns it into one line and exit 2.
+    written = generate(
+        args.run_dirs,
+        args.out,
+        skip_invalid=args.skip_invalid,
+        reference_dir=None if args.no_reference else args.reference,
+    )
     skipped = args.out / "skipped.txt"
     if skipped.exists() and skipped in written:
         for line in skipped.read_text().splitlines():
