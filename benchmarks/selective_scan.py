@@ -1,8 +1,8 @@
-"""Time the selective-scan back ends against `ref`: same as `visbench scan-bench` (see its --help)."""
+"""Time the selective-scan back ends against `ref`: a thin caller of `visbench scan-bench` (--help)."""
 
 import sys
 
-from visbench.scan_bench import main
+from visbench.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["scan-bench", *sys.argv[1:]]))

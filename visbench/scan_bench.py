@@ -302,8 +302,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("scan-bench: --device cuda but CUDA is not available", file=sys.stderr)
-            return 2
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     rows = run_benchmark(args.quick, args.device, args.repeats, args.budget)
     if args.json:
         with open(args.json, "w") as f:
@@ -312,9 +311,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="visbench scan-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """``visbench scan-bench ...`` (through ``visbench.cli.main``: a user's mistake is one line)."""
+    from visbench.cli import main as visbench
+
+    return visbench(["scan-bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
