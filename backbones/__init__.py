@@ -1,4 +1,4 @@
-"""Models: gated-CNN, SSM and attention token mixers in hierarchical and isotropic bodies.
+"""Models: gated-CNN, SSM and attention token mixers in hierarchical, isotropic and 1-D bodies.
 
 Importing this package registers every visbench model with timm (``timm.create_model("gated_cnn_tiny")``).
 The mmdetection backbone type ``VisBenchBackbone`` lives in ``visbench.backbones.mmdet_backbone``, which
@@ -8,10 +8,12 @@ detection configs load with ``custom_imports`` (so that ``import backbones`` nev
 import timm
 
 # Importing the body modules registers their models with timm.
-from visbench.backbones import hierarchical, isotropic, sequence
+from visbench.backbones import hierarchical, isotropic, sequence, vit
 from visbench.backbones.naming import describe
 
-BODY_MODULES = (hierarchical, isotropic, sequence)
+# One architecture per module: hierarchical (MambaOut's 4 stages), vit (ViT/DeiT), isotropic (Gated CNN
+# blocks at stride 16, Vim-like), sequence (1-D pixel sequences).
+BODY_MODULES = (hierarchical, vit, isotropic, sequence)
 
 
 def list_models() -> list[str]:

@@ -12,16 +12,9 @@ from __future__ import annotations
 import torch
 from timm.layers import DropPath, LayerNorm
 from torch import nn
-from visbench.backbones.cpu_gemm import linear, linear_add, linear_gelu
-from visbench.backbones.inference import autocast_enabled, forward_hooks_registered, gelu_approximation
 from visbench.backbones.mixers import create_sequence_operator
 
 __all__ = ["GatedBlock"]
-
-
-def _is_identity(module: nn.Module) -> bool:
-    """Whether ``module`` returns its input: ``nn.Identity``, or timm's ``DropPath`` in eval mode."""
-    return type(module) is nn.Identity or (type(module) is DropPath and not module.training)
 
 
 class GatedBlock(nn.Module):
@@ -60,52 +53,7 @@ class GatedBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and self._no_grad_path_applies():
-            return self._forward_inference(x)
         shortcut = x
         g, i, c = torch.split(self.fc1(self.norm(x)), self.split_sizes, dim=-1)
         x = self.fc2(self.act(g) * torch.cat((i, self.mixer(c)), dim=-1))
         return self.drop_path(x) + shortcut
-
-    def _no_grad_path_applies(self) -> bool:
-        """The no-grad path calls ``fc1``'s weights and the activation directly: only take it when the
-        layers are plain ``nn.Linear`` / GELU and no hook would miss their calls or see other tensors."""
-        if torch.jit.is_tracing():  # a traced graph would keep the in-place path in any grad mode
-            return False
-        if gelu_approximation(self.act) is None:  # the path runs ``act`` in place: only GELU can
-            return False
-        if type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear:
-            return False
-        if any("forward" in vars(layer) for layer in (self.fc1, self.act, self.fc2)):  # patched instance
-            return False
-        return not forward_hooks_registered(self.fc1, self.act, self.fc2)
-
-    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same arithmetic without autograd, in fewer passes over the ``2 * hidden`` activations.
-
-        ``fc1`` runs as three GEMMs over row blocks of its weight: the gate with GELU fused (or in
-        place), the identity channels, and the token-mixed channels, which so come out contiguous
-        (no copy before the operator). The gate is then multiplied in place, block by block, so
-        ``cat`` disappears, and ``fc2`` adds into the residual stream inside its GEMM. The GEMMs go
-        through :mod:`visbench.backbones.cpu_gemm` (oneDNN on CPU, PyTorch's BLAS elsewhere). Used when
-        gradients are off (``torch.no_grad``, ``torch.inference_mode``); equal to :meth:`forward`'s
-        autograd path to float rounding.
-        """
-        hidden, identity, _ = self.split_sizes
-        h = self.norm(x)
-        weight, bias = self.fc1.weight, self.fc1.bias
-        split = hidden + identity
-
-        def rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return weight[start:stop], None if bias is None else bias[start:stop]
-
-        gate = linear_gelu(h, *rows(0, hidden), gelu_approximation(self.act))
-        if identity:
-            gate[..., :identity].mul_(linear(h, *rows(hidden, split)))
-        gate[..., identity:].mul_(self.mixer(linear(h, *rows(split, weight.shape[0]))))
-        fc2 = self.fc2
-        if not _is_identity(self.drop_path):  # DropPath in train mode, or whatever was put in its slot
-            return self.drop_path(linear(gate, fc2.weight, fc2.bias)) + x
-        if autocast_enabled(x.device.type):  # the product is narrower than the residual stream
-            return linear(gate, fc2.weight, fc2.bias) + x
-        return linear_add(gate, fc2.weight, fc2.bias, x)

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
@@ -270,14 +269,9 @@ def count_macs_by_kind(model: nn.Module, input_size: Sequence[int] | torch.Tenso
     x = _example_input(model, input_size)
     was_training = model.training
     model.eval()
-    # The blocks' no-grad inference paths call weights directly and may skip tokens the head never
-    # reads; any global forward hook turns them off (backbones/inference.py), as FlopCounterMode's module
-    # tracker does for count_macs. So both count every module's own forward, and the kinds sum to it.
-    keep_module_forwards = register_module_forward_hook(lambda module, args, output: None)
     try:
         with _forward_context(model, x) as forward, torch.no_grad(), _ByKind():
             forward()
     finally:
-        keep_module_forwards.remove()
         model.train(was_training)
     return {k: v // 2 for k, v in totals.items()}

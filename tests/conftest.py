@@ -45,16 +45,3 @@ def fashion_mnist_dir() -> Path:
     if not any(FASHION_MNIST_DIR.glob("train-images-idx3-ubyte*")):
         pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST_DIR
-
-
-@pytest.fixture(params=["blas", "onednn"])
-def gemm_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs the test once per GEMM back end of the inference paths (``visbench.backbones.cpu_gemm``)."""
-    from visbench.backbones.cpu_gemm import BACKEND_ENV
-
-    monkeypatch.setenv(BACKEND_ENV, request.param)
-    if request.param == "onednn" and not (
-        torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    ):
-        pytest.skip("this PyTorch has no oneDNN (torch.backends.mkldnn)")
-    return request.param
