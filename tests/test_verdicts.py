@@ -469,10 +469,16 @@ def test_cli_end_to_end(template, tmp_path, capsys):
     bad.write_text(json.dumps({**template, "params": -1}))
     assert main(["verdicts", str(runs), "--claims", str(claims), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and "'params'" in err
+    assert str(bad) in err and "'params'" in err and err.startswith("visbench verdicts: error: ")
     # a missing claims file is named
     assert main(["verdicts", str(runs), "--claims", str(tmp_path / "none.yaml"), "--out", str(out)]) == 2
     assert "none.yaml" in capsys.readouterr().err
+    # a malformed spec: one line naming the file and the key
+    (tmp_path / "typo.yaml").write_text(CLAIMS_YAML.replace("group_by:", "groupby:"))
+    assert main(["verdicts", str(runs), "--claims", str(tmp_path / "typo.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "typo.yaml: unknown key 'claims[1] (H2).groupby'; did you mean 'group_by'?" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_interval_degenerate_cases():

@@ -1237,18 +1237,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report, written = compute_verdicts(
-            args.run_dirs,
-            args.claims,
-            args.out,
-            smoke=args.smoke,
-            skip_invalid=args.skip_invalid,
-            figures=not args.no_figures,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"visbench verdicts: error: {err}", file=sys.stderr)
-        return 2
+    # A missing file or a malformed spec / result raises; `visbench` (cli.main) makes it one line, exit 2.
+    report, written = compute_verdicts(
+        args.run_dirs,
+        args.claims,
+        args.out,
+        smoke=args.smoke,
+        skip_invalid=args.skip_invalid,
+        figures=not args.no_figures,
+    )
     for path, why in report["skipped_files"]:
         print(f"skipped invalid result: {path}: {why}", file=sys.stderr)
     for claim in report["claims"]:
