@@ -122,6 +122,7 @@ def test_classification_table_structure_and_markers(out: tuple[Path, list[Path]]
         "input",
         "params (M)",
         "MACs (G)",
+        "MACs fvcore (G)",
         "img/s",
         "top-1 (%)",
         "source",
@@ -129,7 +130,7 @@ def test_classification_table_structure_and_markers(out: tuple[Path, list[Path]]
     measured = [r for r in body if r[-1] == "measured"]
     published = [r for r in body if r[-1].startswith("published: ")]
     assert len(measured) == len(TINY_MODELS)  # two seeds merged into one row per model
-    assert all("(n=2)" in r[9] for r in measured)
+    assert all("(n=2)" in r[10] for r in measured)
     assert {r[0] for r in published} >= {"MambaOut-Tiny", "DeiT-S", "VMamba-T [s2l5]", "Vim-S"}
     assert body.index(measured[-1]) < body.index(published[0]), "measured rows come first"
     tex = (tmp_path / "classification.tex").read_text()
@@ -368,3 +369,57 @@ def test_segmentation_table_from_shipped_reference_rows() -> None:
 def test_detector_macs_keep_three_significant_figures() -> None:
     """A tiny embedded-data detector (~2G) must not print as "2" next to COCO's 262G."""
     assert [tables._gmacs(v) for v in (2.0066e9, 48.24e9, 262e9, None)] == ["2.01", "48.2", "262", ""]
+
+
+def test_published_macs_sit_in_the_fvcore_column_next_to_measured_counts(tmp_path: Path) -> None:
+    """Published figures are fvcore counts: they go under "MACs fvcore (G)", never under PyTorch's count."""
+    result = make_result(
+        model="gated_cnn_tiny",
+        task="classification",
+        dataset="imagenet",
+        input_size=(224, 224),
+        params=26_500_000,
+        macs=4_470_000_000,
+        metrics={"top1": 80.0},
+        start_time=now_iso(),
+        extra={"macs_fvcore": 4_510_000_000},
+    )
+    rows = tables.measured_rows([result]) + tables.load_reference()
+    table = tables.classification_table(rows)
+    macs, fvcore = table.columns.index("MACs (G)"), table.columns.index("MACs fvcore (G)")
+    assert fvcore == macs + 1
+    (ours,) = [r for r in table.rows if r[0] == "gated_cnn_tiny"]
+    assert (ours[macs], ours[fvcore]) == ("4.47", "4.51")
+    (published,) = [r for r in table.rows if r[0] == "MambaOut-Tiny"]
+    assert (published[macs], published[fvcore]) == ("", "4.50")
+    assert any("fvcore" in note and "published" in note for note in table.notes)
+    without = tables.classification_table(tables.measured_rows([{**result, "extra": {}}]))
+    assert without.rows[0][fvcore] == ""  # a result without the fvcore count leaves the cell empty
+
+
+def test_bench_table_shows_engine_fvcore_macs_and_paired_ratio() -> None:
+    result = make_result(
+        model="gated_cnn_tiny",
+        task="bench",
+        dataset="synthetic",
+        input_size=(224, 224),
+        params=26_500_000,
+        macs=4_470_000_000,
+        metrics={},
+        start_time=now_iso(),
+        throughput={"img_per_s": 40.0, "img_per_s_iqr": 1.0, "batch_size": 16, "device": "cpu"},
+        extra={
+            "engine": "torch.compile(inductor, freezing)",
+            "macs_fvcore": 4_510_000_000,
+            "paired": [
+                {"model": "mambaout_tiny", "engine": "torch.compile(inductor, freezing)"}
+                | {"speed_ratio": 1.01, "speed_ratio_q1": 0.99, "speed_ratio_q3": 1.03}
+            ],
+        },
+    )
+    table = tables.bench_table([result])
+    (row,) = table.rows
+    cell = dict(zip(table.columns, row, strict=True))
+    assert cell["MACs (G)"] == "4.47" and cell["MACs fvcore (G)"] == "4.51"
+    assert cell["engine"] == "torch.compile(inductor, freezing)"
+    assert cell["paired speed ratio [IQR]"] == "1.01x vs mambaout_tiny [0.99-1.03]"

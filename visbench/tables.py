@@ -7,14 +7,16 @@ published rows sit side by side; the ``source`` column says which is which (``me
 
 Tables written (each as ``.md``, ``.tex``, ``.csv``):
 
-- ``classification``: model, mixer, order, body, dataset, input, params, MACs, throughput, top-1
-  (mean ± std over seeds, n), source;
+- ``classification``: model, mixer, order, body, dataset, input, params, MACs in PyTorch's convention,
+  MACs in fvcore's (the convention of the published rows), throughput, top-1 (mean ± std over seeds, n),
+  source;
 - ``detection``: params, MACs, AP^b, AP^b50, AP^b75, AP^m, AP^m50, AP^m75;
 - ``segmentation``: ADE20K semantic segmentation, params, MACs, mIoU single- / multi-scale
   (published rows only: visbench does not run segmentation);
 - ``causal``: measured classification grouped by (family, body, dataset), causal vs non-causal orders;
 - ``long_short``: the study's rows grouped by dataset / input, with tokens L, r = L / 6D and "long";
-- ``bench``: throughput, train throughput and peak memory per model and input size.
+- ``bench``: MACs (both conventions), engine, throughput, train throughput, peak memory per model and
+  input size, and the speed ratio to the partner of a paired run.
 
 Plots (PNG and SVG): accuracy vs MACs, throughput vs resolution per family, r vs resolution with the
 r = 1 line. ``summary.md`` gathers all Markdown tables. :func:`generate` is what ``visbench study`` calls.
@@ -86,7 +88,8 @@ class Row:
     body: str = ""
     source: str = MEASURED
     params: float | None = None  # count
-    macs: float | None = None  # count
+    macs: float | None = None  # count; measured: PyTorch's convention; published: as printed (fvcore's)
+    macs_fvcore: float | None = None  # count in fvcore's convention (normalisation layers counted too)
     img_per_s: float | None = None
     metrics: dict[str, list[float]] = field(default_factory=dict)
     tokens: int | None = None
@@ -155,6 +158,8 @@ def load_reference(reference_dir: Path = REFERENCE_DIR) -> list[Row]:
                     source=f"published: {src['short']}",
                     params=entry["params_m"] * 1e6 if "params_m" in entry else None,
                     macs=entry["macs_g"] * 1e9 if "macs_g" in entry else None,
+                    # published tables (MambaOut, VMamba, timm, DeiT) count MACs with fvcore
+                    macs_fvcore=entry["macs_g"] * 1e9 if "macs_g" in entry else None,
                     img_per_s=entry.get("img_per_s"),
                     metrics=metrics,
                     extra={
@@ -186,6 +191,7 @@ def measured_rows(results: Iterable[dict[str, Any]]) -> list[Row]:
                 body=r["body"],
                 params=r["params"],
                 macs=r["macs"],
+                macs_fvcore=(r.get("extra") or {}).get("macs_fvcore"),
                 img_per_s=tp.get("img_per_s"),
                 tokens=r.get("tokens"),
                 extra={"throughput": tp, "device": r.get("device")},
@@ -247,6 +253,7 @@ def classification_table(rows: list[Row]) -> Table:
         "input",
         "params (M)",
         "MACs (G)",
+        "MACs fvcore (G)",
         "img/s",
         "top-1 (%)",
         "source",
@@ -260,7 +267,8 @@ def classification_table(rows: list[Row]) -> Table:
             r.dataset,
             _size(r.input_size),
             _num(r.params, 1e6),
-            _num(r.macs, 1e9, 2),
+            _num(r.macs, 1e9, 2) if r.measured else "",  # a published figure is fvcore's: next column
+            _num(r.macs_fvcore, 1e9, 2),
             _num(r.img_per_s, 1, 0),
             _metric(r, "top1"),
             r.source,
@@ -271,6 +279,9 @@ def classification_table(rows: list[Row]) -> Table:
         "measured: this suite's runs (mean ± std over seeds); published: numbers quoted from the named "
         "source (configs/reference/*.yaml gives the exact table and commit).",
         "Published throughput comes from other hardware (e.g. A100, batch 128): compare within a source.",
+        "MACs (G): PyTorch's FlopCounterMode (matmuls and convolutions); MACs fvcore (G): fvcore's "
+        "convention (normalisation layers counted too), the one published tables use: compare published "
+        "rows with that column.",
     ]
     return Table("classification", "Image classification", cols, body, notes)
 
@@ -399,6 +410,16 @@ def long_short_table(rows: list[Row]) -> Table:
     return Table("long_short", "Long vs short sequences (study)", cols, body, notes)
 
 
+def _paired_text(extra: dict[str, Any]) -> str:
+    """``0.98x vs mambaout_tiny [0.95-1.01]``: speed ratio to the partner of a paired run (> 1: faster)."""
+    return "; ".join(
+        f"{p['speed_ratio']:.2f}x vs {p['model']}"
+        + (f" ({p['engine']})" if p["engine"] != extra.get("engine") else "")
+        + f" [{p['speed_ratio_q1']:.2f}-{p['speed_ratio_q3']:.2f}]"
+        for p in extra.get("paired", [])
+    )
+
+
 def bench_table(results: list[dict[str, Any]]) -> Table:
     cols = [
         "model",
@@ -406,7 +427,10 @@ def bench_table(results: list[dict[str, Any]]) -> Table:
         "tokens",
         "params (M)",
         "MACs (G)",
+        "MACs fvcore (G)",
+        "engine",
         "img/s (IQR)",
+        "paired speed ratio [IQR]",
         "train img/s (IQR)",
         "peak mem (MiB)",
         "device",
@@ -417,6 +441,7 @@ def bench_table(results: list[dict[str, Any]]) -> Table:
         key=lambda r: (r["model"], r["input_size"][0] * r["input_size"][1]),
     ):
         tp = r["throughput"] or {}
+        extra = r.get("extra") or {}
 
         def pair(a: str, b: str, tp: dict[str, Any] = tp) -> str:
             if tp.get(a) is None:
@@ -431,14 +456,21 @@ def bench_table(results: list[dict[str, Any]]) -> Table:
                 str(r.get("tokens") or ""),
                 _num(r["params"], 1e6),
                 _num(r["macs"], 1e9, 2),
+                _num(extra.get("macs_fvcore"), 1e9, 2),
+                extra.get("engine", "eager"),
                 pair("img_per_s", "img_per_s_iqr"),
+                _paired_text(extra),
                 pair("train_img_per_s", "train_img_per_s_iqr"),
                 "" if mem is None else f"{mem / 2**20:.0f}",
                 r["device"],
             ]
         )
     notes = [
-        "Median over repeats after warm-up, device synchronised; IQR in brackets (see each result.json)."
+        "Median over repeats after warm-up, device synchronised; IQR in brackets (see each result.json).",
+        "engine: how every model of the run was executed (visbench bench --compile), the same for all.",
+        "Paired runs: windows interleaved ABBA; ratio = partner's time / this model's, median over repeats "
+        "with quartiles; > 1: this model is faster.",
+        "MACs (G): PyTorch's FlopCounterMode; MACs fvcore (G): fvcore's convention (normalisation counted).",
     ]
     return Table("bench", "Speed and memory (measured)", cols, body, notes)
 
@@ -543,7 +575,8 @@ def plot_accuracy_vs_macs(rows: list[Row], out_dir: Path) -> list[Path]:
         if r.task == "classification" and r.macs and r.metric("top1")[0] is not None:
             by_dataset[f"{r.dataset} ({'measured' if r.measured else 'published'})"].append(r)
     for label, members in sorted(by_dataset.items()):
-        xs = [r.macs / 1e9 for r in members]
+        # fvcore's count where there is one: the published rows' convention, so like is plotted with like
+        xs = [(r.macs_fvcore or r.macs) / 1e9 for r in members]
         ys = [r.metric("top1")[0] for r in members]
         errs = [r.metric("top1")[1] or 0.0 for r in members]
         marker = "o" if "measured" in label else "s"
@@ -553,7 +586,7 @@ def plot_accuracy_vs_macs(rows: list[Row], out_dir: Path) -> list[Path]:
     if not by_dataset:
         ax.text(0.5, 0.5, "no classification rows with MACs", ha="center", transform=ax.transAxes)
     ax.set_xscale("log")
-    ax.set_xlabel("MACs (G, one image)")
+    ax.set_xlabel("MACs (G, one image; fvcore's convention where counted)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs MACs")
     if by_dataset:
