@@ -6,8 +6,9 @@ Reads top to bottom as timm's ``mambaout.py``: stem, downsampling, stage, the mo
 helper and one ``@register_model`` function per (family, size). Module names follow timm's, so a
 ``mambaout_tiny`` state dict loads into ``gated_cnn_tiny`` and gives the same logits.
 
-Families (``mixer``/``order`` of every block, see ``visbench.backbones.mixers``):
-``gated_cnn_*`` (conv), ``ssm_causal_*`` / ``ssm_bidir_*`` / ``ssm_cross2d_*`` (ssm),
+Families (``mixer``/``order`` of every block, see ``visbench.backbones.mixers``) come from the one
+table of what names stand for, ``visbench.backbones.naming.MODEL_FAMILIES`` (its hierarchical rows):
+``gated_cnn_*`` (conv, full), ``ssm_causal_*`` / ``ssm_bidir_*`` / ``ssm_cross2d_*`` (ssm),
 ``attn_*`` (attn, full) and ``attn_causal_*`` (attn, causal); sizes femto, kobe, tiny, small, base.
 Any name also takes ``mixer=...`` / ``order=...`` keywords that override its defaults.
 """
@@ -26,6 +27,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.blocks import GatedBlock
 from visbench.backbones.mixers import default_order
+from visbench.backbones.naming import MODEL_FAMILIES
 from visbench.backbones.param_tags import no_weight_decay_names
 
 __all__ = ["HierarchicalNet", "checkpoint_filter_fn", "SIZES", "FAMILIES"]
@@ -345,7 +347,7 @@ def _official_to_timm(k: str) -> str:
     return k.replace("head.fc2.", "head.fc.")
 
 
-# ---- registry: sizes are data, families are (mixer, order) --------------------------------------
+# ---- registry: sizes are data, families are (mixer, order) from naming ---------------------------
 
 SIZES: dict[str, dict[str, tuple[int, ...]]] = {
     "femto": dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 288)),
@@ -355,13 +357,9 @@ SIZES: dict[str, dict[str, tuple[int, ...]]] = {
     "base": dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768)),
 }
 
+# name stem -> the keywords of its blocks' token operator, read from the one naming table.
 FAMILIES: dict[str, dict[str, str]] = {
-    "gated_cnn": dict(mixer="conv", order="full"),
-    "ssm_causal": dict(mixer="ssm", order="causal"),
-    "ssm_bidir": dict(mixer="ssm", order="bidir"),
-    "ssm_cross2d": dict(mixer="ssm", order="cross2d"),
-    "attn": dict(mixer="attn", order="full"),
-    "attn_causal": dict(mixer="attn", order="causal"),
+    stem: dict(mixer=f.mixer, order=f.order) for stem, f in MODEL_FAMILIES.items() if f.body == "hierarchical"
 }
 
 

@@ -1,8 +1,10 @@
-"""Every visbench model as an mmdetection backbone: ``dict(type="VisBenchBackbone", model="gated_cnn_tiny")``.
+"""visbench's image models as mmdetection backbones: ``dict(type="VisBenchBackbone", model="vit_small")``.
 
-The class is registered in mmdetection's ``MODELS`` registry when mmdet is importable; without mmdet
-this module still imports (the class is then a plain ``nn.Module``), so ``import backbones`` never
-depends on the detection stack. Configs load it with
+Hierarchical and isotropic bodies (the 1-D pixel-sequence bodies have no 2-D feature maps to detect
+on). The class is registered in mmdetection's ``MODELS`` registry when mmdet is importable; without
+mmdet this module still imports (the class is then a plain ``nn.Module``), and ``import
+visbench.backbones`` never imports this module, so the models never depend on the detection stack.
+Configs load it with
 ``custom_imports = dict(imports=["visbench.backbones.mmdet_backbone"], allow_failed_imports=False)``.
 
 The body is the registered timm model itself (``timm.create_model``), run through its
@@ -21,8 +23,7 @@ from typing import Any
 
 import timm
 import torch
-import visbench.backbones.hierarchical  # noqa: F401  (registers the hierarchical models with timm)
-import visbench.backbones.isotropic  # noqa: F401  (registers the isotropic models with timm)
+import visbench.backbones  # noqa: F401  (the one registration point: every model is registered with timm)
 from torch import nn
 from visbench.backbones.naming import describe
 
@@ -34,6 +35,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     _Base = nn.Module
 
 __all__ = ["VisBenchBackbone", "load_backbone_checkpoint"]
+
+# What ``norm_eval`` keeps in eval mode (timm's LayerNorm / LayerNorm2d subclass nn.LayerNorm).
+_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def load_backbone_checkpoint(body: nn.Module, checkpoint: str | Path) -> None:
@@ -79,7 +83,9 @@ class VisBenchBackbone(_Base):
         pyramid_channels: output channels of every simple-feature-pyramid level (isotropic bodies
             only, with ViTDet's 1x1 + 3x3 output convs); ``None``: no output convs, the levels keep
             ViTDet's widths D/4, D/2, D, D and the neck (FPN) does the lateral convs.
-        norm_eval: keep normalisation layers of frozen parts in eval mode (they are always frozen).
+        norm_eval: keep every normalisation layer in eval mode while training, as mmdetection's
+            backbones do. Our bodies normalise with LayerNorm, which has no running statistics, so the
+            outputs do not change; it is accepted so that configs written for BatchNorm backbones work.
         init_cfg: ``dict(type="Pretrained", checkpoint=PATH)`` loads a classification checkpoint at
             construction (head dropped); anything else keeps timm's initialisation.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``dims``, ``depths`` for a small width).
@@ -92,6 +98,7 @@ class VisBenchBackbone(_Base):
         frozen_stages: int = -1,
         drop_path_rate: float = 0.0,
         pyramid_channels: int | None = None,
+        norm_eval: bool = False,
         init_cfg: dict[str, Any] | None = None,
         **model_kwargs: Any,
     ):
@@ -101,8 +108,14 @@ class VisBenchBackbone(_Base):
             super().__init__(init_cfg=None)  # weights are set here; mmengine must not re-initialise them
         self.model_name = model
         self.description = describe(model)
+        if self.description.body not in ("hierarchical", "isotropic"):
+            raise ValueError(
+                f"{model}: a {self.description.body} body is not a detection backbone; use a hierarchical "
+                "or isotropic model (gated_cnn_tiny, ssm_cross2d_tiny, vit_small, vim_small, ...)"
+            )
         self.out_indices = tuple(int(i) for i in out_indices)
-        self.frozen_stages = frozen_stages
+        self.frozen_stages = int(frozen_stages)
+        self.norm_eval = bool(norm_eval)
         body = timm.create_model(
             model, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **model_kwargs
         )
@@ -118,6 +131,9 @@ class VisBenchBackbone(_Base):
         self.checkpoint = checkpoint
 
         self.isotropic = self.description.body == "isotropic"
+        n_frozen = len(body.blocks) if self.isotropic else len(body.stages)
+        if not -1 <= self.frozen_stages <= n_frozen:
+            raise ValueError(f"{model}: frozen_stages={frozen_stages} must be in -1..{n_frozen}")
         if self.isotropic:
             if any(i not in range(4) for i in self.out_indices):
                 raise ValueError(f"{model}: out_indices {self.out_indices} must be pyramid levels in 0..3")
@@ -163,6 +179,10 @@ class VisBenchBackbone(_Base):
     def train(self, mode: bool = True) -> VisBenchBackbone:
         super().train(mode)
         self._freeze()  # frozen parts stay in eval mode
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _NORM_LAYERS):
+                    module.eval()
         return self
 
     def init_weights(self) -> None:

@@ -7,15 +7,15 @@ causally). A (B, 1, 28, 28) Fashion-MNIST image becomes L = 784 tokens:
     -> depth x GatedBlock on a (B, 1, L, D) map (an H = 1 map is a 1-D sequence)
     -> LayerNorm -> pool -> Linear head
 
-Mixers (``mixer=`` / ``order=``; names in the registry below):
+Mixers (``mixer=`` / ``order=``; each name's pair is in ``visbench.backbones.naming.MODEL_FAMILIES``):
 
 - ``conv`` + ``causal``: the Gated CNN block whose token operator is a causal depthwise conv1d of
   width 7 (:class:`CausalConvOperator`, through ``visbench.kernels.causal_conv1d``). MambaOut's 7x7
   conv is not causal; this is its causal analogue. Its receptive field is ``depth * 6 + 1`` tokens, so
   the last token does *not* see the whole image: that is the gated CNN's handicap on long causal tasks, which
   is the point of the comparison. ``conv`` + ``full`` is the block's own (non-causal) depthwise conv.
-- ``ssm`` (``causal`` or ``bidir``) and ``attn`` (``causal`` or ``full``): D1's operators in the same
-  block (``visbench.backbones.mixers``).
+- ``ssm`` (``causal`` or ``bidir``) and ``attn`` (``causal`` or ``full``): the operators of the other
+  bodies (``visbench.backbones.mixers``) in the same block.
 
 Causal orders make the *entire* model causal (embedding, position embedding, norms, MLPs and
 operators are per-token or causal), and the head reads the LAST token, the only one that has seen
@@ -35,6 +35,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.naming import MODEL_FAMILIES
 from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
 from visbench.kernels import causal_conv1d
 
@@ -278,16 +279,12 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 # tiny: dim and depth chosen so that a few hundred steps at batch 32, L = 784 run on 2 CPU cores in
-# minutes (see the README's timing table).
+# minutes.
 _TINY = dict(embed_dim=64, depth=4)
 
-# name -> (mixer, order)
+# name -> (mixer, order), from the one table of what names stand for (its sequence rows, size tiny).
 SEQUENCE_MODELS: dict[str, tuple[str, str]] = {
-    "seq_gated_cnn_tiny": ("conv", "causal"),
-    "seq_ssm_causal_tiny": ("ssm", "causal"),
-    "seq_ssm_bidir_tiny": ("ssm", "bidir"),
-    "seq_attn_causal_tiny": ("attn", "causal"),
-    "seq_attn_tiny": ("attn", "full"),
+    f"{stem}_tiny": (f.mixer, f.order) for stem, f in MODEL_FAMILIES.items() if f.body == "sequence"
 }
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in SEQUENCE_MODELS})

@@ -58,6 +58,24 @@ def test_frozen_stages_get_no_gradients_and_stay_in_eval_mode():
     assert any(p.grad is not None for p in backbone.body.stages[1].parameters())
 
 
+@pytest.mark.parametrize("name", ["gated_cnn_tiny", "vit_tiny"])
+def test_norm_eval_keeps_every_norm_layer_in_eval_mode_while_training(name):
+    backbone = VisBenchBackbone(name, norm_eval=True, **small_kwargs(name)).train()
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and not any(m.training for m in norms)
+    assert backbone.training and any(
+        m.training for m in backbone.modules() if not isinstance(m, torch.nn.LayerNorm)
+    )
+    assert all(m.training for m in VisBenchBackbone(name, **small_kwargs(name)).train().modules())
+
+
+def test_frozen_stages_beyond_the_body_and_sequence_bodies_are_named():
+    with pytest.raises(ValueError, match=r"gated_cnn_tiny: frozen_stages=5 must be in -1\.\.4"):
+        VisBenchBackbone("gated_cnn_tiny", frozen_stages=5, **SMALL_HIER)
+    with pytest.raises(ValueError, match="seq_ssm_causal_tiny: a sequence body is not a detection backbone"):
+        VisBenchBackbone("seq_ssm_causal_tiny")
+
+
 def test_pretrained_checkpoint_loads_with_classification_names(tmp_path):
     classifier = timm.create_model("gated_cnn_tiny", num_classes=10, **SMALL_HIER)
     path = tmp_path / "classifier.pth"
