@@ -36,7 +36,7 @@ def test_round_trip_fills_version_and_names(tmp_path: Path) -> None:
     assert (back["family"], back["mixer"], back["order"], back["body"]) == (
         "gated_cnn",
         "conv",
-        "none",
+        "full",
         "hierarchical",
     )
     assert back["metrics"] == {"top1": 81.25, "top5": 99.0}
@@ -79,9 +79,20 @@ def test_mmdet_metrics_become_percent_and_minus_one_becomes_null() -> None:
 
 
 def test_timm_names_are_described() -> None:
-    assert R.describe_model("mambaout_femto")["family"] == "gated_cnn"
+    assert R.describe_model("mambaout_femto") == dict(
+        family="gated_cnn", mixer="conv", order="full", body="hierarchical"
+    )
     assert R.describe_model("vit_small_patch16_224")["body"] == "isotropic"
     assert R.describe_model("some_unknown_net")["family"] == "unknown"
+
+
+def test_model_facts_are_naming_s() -> None:
+    from visbench.backbones.naming import describe
+
+    d = describe("gated_cnn_tiny")
+    assert R.describe_model("gated_cnn_tiny") == dict(
+        family=d.family, mixer=d.mixer, order=d.order, body=d.body
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Schema version 1: one JSON object per run, ``<run dir>/result.json``.
 
 - ``schema_version`` (int): ``SCHEMA_VERSION``, filled by :func:`write_result`.
 - ``model`` (str): registered name, e.g. ``gated_cnn_tiny`` or timm's ``vit_small_patch16_224``.
-- ``family``, ``mixer``, ``order``, ``body`` (str): from ``visbench.backbones.naming.describe`` (see
+- ``family``, ``mixer``, ``order``, ``body`` (str): from ``visbench.backbones.naming.describe_any`` (see
   :func:`describe_model`), e.g. ``ssm`` / ``ssm`` / ``cross2d`` / ``hierarchical``.
 - ``task`` (str): one of :data:`TASKS`: classification, detection, instance_segmentation, bench.
 - ``dataset`` (str): e.g. ``imagenet``, ``fashion_mnist``, ``coco``; ``synthetic`` for bench.
@@ -95,41 +95,21 @@ _REQUIRED_FIELDS = (
 _OPTIONAL_FIELDS = ("tokens", "environment", "extra")
 FIELDS = _REQUIRED_FIELDS + _OPTIONAL_FIELDS
 
-# timm names that ``visbench.backbones.naming`` does not parse but that bench / reference tables use.
-_TIMM_PREFIXES: tuple[tuple[str, tuple[str, str, str, str]], ...] = (
-    ("mambaout_", ("gated_cnn", "conv", "none", "hierarchical")),
-    ("test_mambaout", ("gated_cnn", "conv", "none", "hierarchical")),  # timm's tiny test models
-    ("test_vit", ("attention", "attn", "full", "isotropic")),
-    ("vit_", ("attention", "attn", "full", "isotropic")),
-    ("deit_", ("attention", "attn", "full", "isotropic")),
-    ("deit3_", ("attention", "attn", "full", "isotropic")),
-    ("vim_", ("ssm", "ssm", "bidir", "isotropic")),
-    ("vmamba", ("ssm", "ssm", "cross2d", "hierarchical")),
-    ("resnet", ("cnn", "conv", "none", "hierarchical")),
-    ("convnext", ("cnn", "conv", "none", "hierarchical")),
-)
-
 
 class ResultError(ValueError):
     """A result file (or dict) that does not follow the schema; the message names the file and field."""
 
 
 def describe_model(name: str) -> dict[str, str]:
-    """``family``, ``mixer``, ``order``, ``body`` of a model name (ours: ``backbones.naming``; or timm's).
+    """``family``, ``mixer``, ``order``, ``body`` of a model name: ``visbench.backbones.naming.describe_any``.
 
-    Unknown names give ``"unknown"`` for each field rather than an error: bench may time any timm model.
+    Ours and the timm names it knows; ``"unknown"`` for each field of any other name rather than an
+    error: bench may time any timm model.
     """
-    from visbench.backbones.naming import describe
+    from visbench.backbones.naming import describe_any
 
-    try:
-        d = describe(name)
-        return {"family": d.family, "mixer": d.mixer, "order": d.order, "body": d.body}
-    except ValueError:
-        pass
-    for prefix, (family, mixer, order, body) in _TIMM_PREFIXES:
-        if name.startswith(prefix):
-            return {"family": family, "mixer": mixer, "order": order, "body": body}
-    return {"family": "unknown", "mixer": "unknown", "order": "unknown", "body": "unknown"}
+    d = describe_any(name)
+    return {"family": d.family, "mixer": d.mixer, "order": d.order, "body": d.body}
 
 
 def now_iso() -> str:
