@@ -100,10 +100,8 @@ def _small_checkpoint(root: Path) -> Path:
     return save_checkpoint(
         root,
         model_name="toy",
-        model_state=model.state_dict(),
-        train_state={"x": torch.ones(2)},
-        epoch=1,
-        step=5,
+        weights={"model": model.state_dict()},
+        train_state={"epoch": 1, "step": 5, "x": torch.ones(2)},
     )
 
 
@@ -112,10 +110,8 @@ def test_latest_points_at_the_newest_and_old_ones_are_pruned(tmp_path: Path) -> 
     second = save_checkpoint(
         tmp_path,
         model_name="toy",
-        model_state=torch.nn.Linear(3, 2).state_dict(),
-        train_state={},
-        epoch=2,
-        step=10,
+        weights={"model": torch.nn.Linear(3, 2).state_dict()},
+        train_state={"epoch": 2, "step": 10},
         keep=1,
     )
     assert resolve_checkpoint(tmp_path) == second and not first.exists()

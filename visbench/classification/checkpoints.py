@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,27 +89,28 @@ def save_checkpoint(
     root: str | Path,
     *,
     model_name: str,
-    model_state: dict[str, torch.Tensor],
+    weights: Mapping[str, dict[str, torch.Tensor]],
     train_state: dict[str, Any],
-    ema_state: dict[str, torch.Tensor] | None = None,
-    epoch: int,
-    step: int,
     keep: int = 1,
 ) -> Path:
-    """Write a checkpoint folder atomically and point ``latest`` at it; keep the newest ``keep`` folders."""
+    """Write a checkpoint folder atomically and point ``latest`` at it; keep the newest ``keep`` folders.
+
+    ``weights`` maps a file stem to a state dict: ``model`` (required) and ``ema`` become
+    ``model.safetensors`` / ``ema.safetensors``. ``train_state`` (plain tensors, numbers, strings) goes
+    to ``state.pt``; its ``epoch`` and ``step`` name the folder.
+    """
+    if "model" not in weights:
+        raise ValueError(f"save_checkpoint: weights must hold 'model', got {sorted(weights)}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    epoch, step = int(train_state["epoch"]), int(train_state["step"])
     name = f"epoch{epoch:04d}-step{step:07d}"
     metadata = {"format": FORMAT, "model": model_name, "epoch": str(epoch), "step": str(step)}
     # Saving the same step again (a signal right after an epoch checkpoint) replaces that folder.
     with atomic_directory(root / name) as tmp:
-        save_file(_plain_weights(model_state), str(tmp / "model.safetensors"), metadata=metadata)
-        if ema_state is not None:
-            save_file(_plain_weights(ema_state), str(tmp / "ema.safetensors"), metadata=metadata)
-        torch.save(
-            {"format": FORMAT, "model": model_name, "epoch": epoch, "step": step, **train_state},
-            tmp / "state.pt",
-        )
+        for stem, state_dict in weights.items():
+            save_file(_plain_weights(state_dict), str(tmp / f"{stem}.safetensors"), metadata=metadata)
+        torch.save({"format": FORMAT, "model": model_name, **train_state}, tmp / "state.pt")
     atomic_write_text(root / LATEST, name + "\n")
     _prune(root, keep=max(keep, 1), current=name)
     return root / name

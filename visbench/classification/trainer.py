@@ -622,20 +622,22 @@ def save(state: TrainState) -> Path | None:
     """Rank 0 writes a checkpoint of the whole state (atomically); every rank waits for it."""
     path = None
     if state.runtime.info.is_main:
+        weights = {"model": state.model.state_dict()}
+        if state.ema is not None:
+            weights["ema"] = state.ema.module.state_dict()
         path = ckpt.save_checkpoint(
             state.checkpoint_root,
             model_name=state.cfg.model.name,
-            model_state=state.model.state_dict(),
-            ema_state=state.ema.module.state_dict() if state.ema is not None else None,
+            weights=weights,
             train_state={
+                "epoch": state.counters.epoch,
+                "step": state.counters.global_step,
                 "optimizer": state.optimizer.state_dict(),
                 "scheduler": state.scheduler.state_dict(),
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                 "counters": state.counters.state_dict(),
                 "rng": ckpt.rng_state(),
             },
-            epoch=state.counters.epoch,
-            step=state.counters.global_step,
             keep=state.cfg.train.keep_checkpoints,
         )
     barrier(state.runtime.info)
