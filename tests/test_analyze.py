@@ -114,3 +114,33 @@ def test_cli_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert [r["tokens"] for r in rows] == [196, 4096]
     assert [r["long"] for r in rows] == [False, True]
     assert plot.stat().st_size > 1000 and plot.with_suffix(".svg").stat().st_size > 1000
+
+
+def test_our_models_tokens_and_facts_are_naming_s() -> None:
+    from visbench.backbones.naming import describe, tokens_per_stage
+
+    for name, size in [
+        ("gated_cnn_tiny", (224, 224)),
+        ("vim_small", (224, 320)),
+        ("seq_ssm_causal_tiny", (28, 28)),
+    ]:
+        a = A.analyze_model(name, *size, measure=False)
+        assert tuple(s.tokens for s in a.stages) == tokens_per_stage(name, size)
+        d = describe(name)
+        assert (a.family, a.mixer, a.order, a.body) == (d.family, d.mixer, d.order, d.body)
+
+
+def test_timm_mambaout_tokens_at_any_size_are_its_padded_convs() -> None:
+    a = A.analyze_model("mambaout_tiny", 70, 100, measure=False)
+    assert [s.grid for s in a.stages] == [(18, 25), (9, 13), (5, 7), (3, 4)]
+
+
+def test_feature_info_that_disagrees_with_naming_is_an_error(vit_s) -> None:
+    with pytest.raises(ValueError, match=r"'gated_cnn_tiny': its feature_info strides \(16,\) disagree"):
+        A.analyze_model("gated_cnn_tiny", 224, 224, measure=False, model=vit_s)
+
+
+def test_a_model_naming_does_not_know_gets_its_feature_info_strides() -> None:
+    a = A.analyze_model("resnet18", 224, 224, measure=False)
+    assert a.family == "cnn" and a.order == "full"
+    assert [s.tokens for s in a.stages] == [112 * 112, 56 * 56, 28 * 28, 14 * 14, 7 * 7]

@@ -6,8 +6,9 @@ So a task is long for a stage of width D once its token count passes ``6D`` (ViT
 ImageNet at 224² gives 196 tokens at stride 16 (r = 0.085 for ViT-S); COCO at 800x1280 gives 4000.
 
 For every model and input size this module reports, per stage (a run of blocks at one stride and
-width, read from the model's timm ``feature_info``): tokens L (patch tokens, no class token), r,
-whether it is long, and the input size at which r crosses 1. The model-level verdict uses the
+width, read from the model's timm ``feature_info``): tokens L (the token map, no class token, from
+``visbench.backbones.naming.tokens_per_stage``, the one place that counts them), r, whether it is long,
+and the input size at which r crosses 1. The model-level verdict uses the
 *reference stage*: the stage with the most blocks (stride 16 for MambaOut's hierarchical bodies and for
 ViTs). Token vs channel mixing MACs are measured on the built model (``count_macs_by_kind``, on the meta
 device, nothing is computed) and, for attention models, also given in closed form (Eq. 6).
@@ -16,7 +17,6 @@ device, nothing is computed) and, for attention models, also given in closed for
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -30,11 +30,6 @@ SETTINGS: dict[str, tuple[int, int]] = {
     "ade20k": (512, 2048),
 }
 DEFAULT_MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "mambaout_tiny")
-_OUR_MODEL_MODULES = (
-    "visbench.backbones.hierarchical",
-    "visbench.backbones.isotropic",
-    "visbench.backbones.sequence",
-)
 
 
 @dataclass(frozen=True)
@@ -97,12 +92,8 @@ class ModelAnalysis:
 
 
 def register_our_models() -> None:
-    """Import the visbench model modules so their names are registered with timm (if present)."""
-    for module in _OUR_MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
+    """Register every visbench model with timm: ``import visbench.backbones``, the one registration point."""
+    import visbench.backbones  # noqa: F401
 
 
 def build_meta_model(name: str) -> Any:
@@ -154,9 +145,25 @@ def reference_stage(stages: list[Stage]) -> Stage:
 # --------------------------------------------------------------------------------------- arithmetic
 
 
-def tokens_at(height: int, width: int, reduction: int) -> tuple[int, int]:
-    """Token grid of a stride-``reduction`` stage (padded convolutions: ceil)."""
-    return math.ceil(height / reduction), math.ceil(width / reduction)
+def stage_grids(name: str, stages: list[Stage], height: int, width: int) -> list[tuple[int, int]]:
+    """Token map of each stage at ``height x width``: ``visbench.backbones.naming``'s, for the names it knows.
+
+    ``ValueError`` when the model's ``feature_info`` strides disagree with naming's. A name naming does
+    not know (any other timm model) gets the ``feature_info`` strides with padded convolutions (ceil).
+    """
+    from visbench.backbones import naming
+
+    try:
+        strides = naming.stage_strides(name)
+    except ValueError:
+        return [naming.token_grid((height, width), s.reduction) for s in stages]
+    reductions = tuple(s.reduction for s in stages)
+    if reductions != strides:
+        raise ValueError(
+            f"model {name!r}: its feature_info strides {reductions} disagree with "
+            f"visbench.backbones.naming's {strides}"
+        )
+    return list(naming.stage_grids(name, (height, width)))
 
 
 def ratio(tokens: int, dim: int) -> float:
@@ -169,8 +176,7 @@ def crossing_side(reduction: int, dim: int) -> int:
     return math.ceil(reduction * math.sqrt(6 * dim))
 
 
-def analyze_stage(stage: Stage, height: int, width: int) -> StageAnalysis:
-    grid = tokens_at(height, width, stage.reduction)
+def analyze_stage(stage: Stage, grid: tuple[int, int]) -> StageAnalysis:
     tokens = grid[0] * grid[1]
     r = ratio(tokens, stage.dim)
     return StageAnalysis(
@@ -230,16 +236,20 @@ def analyze_model(
     model: Any | None = None,
 ) -> ModelAnalysis:
     """The full analysis of one model at one input size."""
-    from visbench.results import describe_model
+    from visbench.backbones.naming import describe_any
 
     model = model if model is not None else build_meta_model(name)
     stages = model_stages(model)
     ref = reference_stage(stages)
-    per_stage = [analyze_stage(s, height, width) for s in stages]
+    per_stage = [analyze_stage(s, g) for s, g in zip(stages, stage_grids(name, stages, height, width))]
     ref_a = per_stage[ref.index]
+    d = describe_any(name)
     result = ModelAnalysis(
         model=name,
-        **describe_model(name),
+        family=d.family,
+        mixer=d.mixer,
+        order=d.order,
+        body=d.body,
         setting=setting or f"{height}x{width}",
         input_size=(height, width),
         stages=per_stage,
@@ -312,8 +322,10 @@ def plot_r_vs_resolution(
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name in models:
         model = (built or {}).get(name) or build_meta_model(name)
-        stage = reference_stage(model_stages(model))
-        rs = [ratio(tokens_at(s, s, stage.reduction)[0] ** 2, stage.dim) for s in sides]
+        stages = model_stages(model)
+        stage = reference_stage(stages)
+        grids = [stage_grids(name, stages, s, s)[stage.index] for s in sides]
+        rs = [ratio(h * w, stage.dim) for h, w in grids]
         ax.plot(sides, rs, marker="o", ms=3, label=f"{name} (D={stage.dim}, stride {stage.reduction})")
     ax.axhline(1.0, color="black", lw=1, ls="--", label="r = 1 (L = 6D)")
     for i, (label, (h, w)) in enumerate(SETTINGS.items()):
