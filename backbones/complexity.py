@@ -1,9 +1,20 @@
 """Parameters and MACs of a model, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
 MACs = FLOPs / 2 (one multiply-add = 2 FLOPs, FlopCounterMode's convention for matmul and conv).
-Only matmuls, convolutions, attention and ops with a registered formula count (our ``selective_scan``
-and ``causal_conv1d`` custom ops register theirs); norms, activations and element-wise gating are
-left out, as in fvcore and the papers' tables.
+Two conventions (``count_macs(..., convention=...)``):
+
+- ``"torch"`` (the default): only matmuls, convolutions, attention and ops with a registered formula
+  count (our ``selective_scan`` and ``causal_conv1d`` custom ops register theirs); norms, activations,
+  pooling and element-wise gating are left out.
+- ``"fvcore"``: the same, plus what fvcore's ``FlopCountAnalysis`` counts and FlopCounterMode does not,
+  with fvcore's own handles (``fvcore/nn/jit_handles.py``): LayerNorm / GroupNorm / InstanceNorm 5 per
+  element with an affine transform, 4 without (``norm_flop_counter``); BatchNorm 2 (1 without affine)
+  in eval, 5 (4) in training; ``adaptive_avg_pool2d`` 1 per input element; nearest / bilinear 2-D
+  upsampling 1 / 4 per output element, ``grid_sample`` 4. This is the convention of MambaOut's and
+  timm's published tables (MambaOut-Femto 1.16 G; ``"torch"`` reads 1.148 G). Activations, element-wise
+  products and ``mean`` count in neither, as in fvcore. Unlike fvcore run on a model that calls
+  ``F.scaled_dot_product_attention`` (which it does not count), attention counts in both conventions,
+  as the matmuls it replaces do; the scan / causal-conv formulas also count in both.
 
 The known trap this module fixes: FlopCounterMode has no formula for the attention ops that
 ``F.scaled_dot_product_attention`` dispatches to on CPU
@@ -18,10 +29,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from math import prod
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
@@ -129,12 +143,14 @@ def _forward_context(model: nn.Module, x: torch.Tensor) -> Iterator[Callable[[],
         yield lambda: functional_call(model, state, (fake_x,), strict=False)
 
 
-def _run_counted(model: nn.Module, x: torch.Tensor, backward: bool) -> FlopCounterMode:
+def _run_counted(
+    model: nn.Module, x: torch.Tensor, backward: bool, extra: TorchFunctionMode | None = None
+) -> FlopCounterMode:
     was_training = model.training
     model.train(backward)
     counter = flop_counter()
     try:
-        with _forward_context(model, x) as forward, counter:
+        with _forward_context(model, x) as forward, counter, extra or contextlib.nullcontext():
             if backward:
                 loss = sum(t.float().sum() for t in _tensors(forward()))
                 loss.backward()
@@ -168,9 +184,89 @@ def count_flops(model: nn.Module, input_size: Sequence[int] | torch.Tensor, back
     return int(_run_counted(model, _example_input(model, input_size), backward).get_total_flops())
 
 
-def count_macs(model: nn.Module, input_size: Sequence[int] | torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (FLOPs / 2) for the batch in ``input_size`` (default 1)."""
-    return count_flops(model, input_size) // 2
+Convention = Literal["torch", "fvcore"]
+CONVENTIONS: tuple[str, ...] = ("torch", "fvcore")
+
+
+def _numel(t: Any) -> int:
+    return prod(t.shape) if isinstance(t, torch.Tensor) else 0
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _norm_macs(weight_index: int) -> Callable[..., int]:
+    """fvcore's ``norm_flop_counter``: 5 per input element with an affine weight, 4 without."""
+
+    def macs(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+        affine = _arg(args, kwargs, weight_index, "weight") is not None
+        return _numel(args[0]) * (5 if affine else 4)
+
+    return macs
+
+
+def _batch_norm_macs(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """fvcore's ``batchnorm_flop_jit``: as a norm in training, 2 (affine) or 1 per element in eval."""
+    if _arg(args, kwargs, 5, "training"):
+        return _norm_macs(3)(args, kwargs, out)
+    return _numel(args[0]) * (2 if _arg(args, kwargs, 3, "weight") is not None else 1)
+
+
+def _interpolate_macs(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """fvcore counts ``upsample_nearest2d`` (1 per output element) and ``upsample_bilinear2d`` (4) only."""
+    mode = _arg(args, kwargs, 3, "mode") or "nearest"
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return 0
+    return {"nearest": 1, "bilinear": 4}.get(mode, 0) * _numel(out)
+
+
+# What fvcore counts that FlopCounterMode does not, by the Python-level function that runs it (fvcore
+# reads the traced graph, where these are single ops; below them torch decomposes differently per back
+# end, e.g. a 1x1 adaptive average pool becomes ``mean``). Argument positions as in torch.nn.functional.
+_FVCORE_EXTRAS: dict[Callable[..., Any], Callable[..., int]] = {
+    F.layer_norm: _norm_macs(2),
+    torch.layer_norm: _norm_macs(2),
+    F.group_norm: _norm_macs(2),
+    torch.group_norm: _norm_macs(2),
+    F.instance_norm: _norm_macs(3),
+    F.batch_norm: _batch_norm_macs,
+    F.adaptive_avg_pool2d: lambda args, kwargs, out: _numel(args[0]),
+    F.interpolate: _interpolate_macs,
+    F.grid_sample: lambda args, kwargs, out: 4 * _numel(out),
+}
+
+
+class _FvcoreExtras(TorchFunctionMode):
+    """Adds up the MACs of the calls in :data:`_FVCORE_EXTRAS` (a function seen inside another one, as
+    ``F.layer_norm`` calling ``torch.layer_norm``, runs with this mode off and counts once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = _FVCORE_EXTRAS.get(func)
+        if rule is not None:
+            self.macs += int(rule(args, kwargs, out))
+        return out
+
+
+def count_macs(
+    model: nn.Module, input_size: Sequence[int] | torch.Tensor, *, convention: Convention = "torch"
+) -> int:
+    """Multiply-accumulates of one forward pass for the batch in ``input_size`` (default 1).
+
+    ``convention="torch"``: FlopCounterMode's FLOPs / 2; ``"fvcore"``: plus norms, adaptive pooling
+    and upsampling as fvcore counts them (the published tables' convention; see the module docstring).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention: expected one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    extras = _FvcoreExtras() if convention == "fvcore" else None
+    counter = _run_counted(model, _example_input(model, input_size), backward=False, extra=extras)
+    return int(counter.get_total_flops()) // 2 + (extras.macs if extras else 0)
 
 
 def count_macs_by_module(model: nn.Module, input_size: Sequence[int] | torch.Tensor) -> dict[str, int]:

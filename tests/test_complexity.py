@@ -131,10 +131,83 @@ def test_meta_model_counts_like_a_cpu_model() -> None:
 
 
 @pytest.mark.parametrize("name", ["gated_cnn_femto", "vit_tiny"])
-def test_kinds_sum_to_count_macs_past_the_inference_paths(name: str) -> None:
-    """count_macs_by_kind runs without gradients, where the blocks would take their inference paths
-    (oneDNN GEMMs it cannot see, the ViT's class token alone in the last block): it must not."""
+def test_kinds_sum_to_count_macs_without_gradients(name: str) -> None:
+    """count_macs_by_kind runs under no_grad, count_macs does not: the same forward, the same total."""
     import visbench.backbones  # noqa: F401  (registers the names)
 
     model = timm.create_model(name, img_size=64).eval()
     assert sum(count_macs_by_kind(model, (3, 64, 64)).values()) == count_macs(model, (3, 64, 64))
+
+
+# ------------------------------------------------------------------------------ fvcore's convention
+
+
+def test_mambaout_femto_reads_its_published_1_16_gmacs_in_fvcore_convention() -> None:
+    """MambaOut's table (fvcore: LayerNorm counted) says 1.16 G; FlopCounterMode alone reads 1.148 G."""
+    import visbench.backbones  # noqa: F401  (registers gated_cnn_femto)
+
+    with torch.device("meta"):
+        ours, reference = timm.create_model("gated_cnn_femto"), timm.create_model("mambaout_femto")
+    torch_macs = count_macs(ours, (3, 224, 224))
+    fvcore_macs = count_macs(ours, (3, 224, 224), convention="fvcore")
+    assert torch_macs / 1e9 == pytest.approx(1.148, abs=0.0005)
+    assert fvcore_macs / 1e9 == pytest.approx(1.16, abs=0.005)
+    assert count_macs(reference, (3, 224, 224), convention="fvcore") == fvcore_macs
+
+
+def test_unknown_convention_is_named() -> None:
+    with pytest.raises(ValueError, match="convention"):
+        count_macs(nn.Linear(2, 2), torch.zeros(1, 2), convention="ptflops")
+
+
+def _fvcore_total(model: nn.Module, x: torch.Tensor) -> int:
+    """fvcore's own count, with SDPA counted as the two matmuls it replaces (fvcore has no handle)."""
+    fvcore_nn = pytest.importorskip("fvcore.nn", reason="fvcore not installed (pip install fvcore)")
+    from fvcore.nn.jit_handles import get_shape
+
+    def sdpa(inputs, outputs) -> int:
+        (batch, heads, length, dim), key, value = (get_shape(t) for t in inputs[:3])
+        return batch * heads * length * key[-2] * (dim + value[-1])
+
+    analysis = fvcore_nn.FlopCountAnalysis(model.eval(), x)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return int(analysis.total())
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.LayerNorm(4),
+        nn.LayerNorm(4, elementwise_affine=False),
+        nn.GroupNorm(2, 8),
+        nn.BatchNorm2d(8),
+        nn.BatchNorm2d(8, affine=False),
+        nn.InstanceNorm2d(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Upsample(scale_factor=2, mode="bilinear"),
+    ],
+    ids=repr,
+)
+def test_each_op_fvcore_counts_is_counted_as_fvcore_counts_it(module: nn.Module) -> None:
+    x = torch.randn(2, 8, 4, 4)
+    assert count_macs(module, x) == 0
+    assert count_macs(module, x, convention="fvcore") == _fvcore_total(module, x) > 0
+
+
+def test_ops_fvcore_leaves_out_stay_out() -> None:
+    x = torch.randn(2, 8, 4, 4)
+    for module in (nn.Upsample(scale_factor=2, mode="bicubic"), nn.GELU(), nn.Softmax(dim=1)):
+        assert count_macs(module, x, convention="fvcore") == _fvcore_total(module, x) == 0
+
+
+@pytest.mark.parametrize("name", ["gated_cnn_femto", "vit_tiny"])
+def test_fvcore_convention_equals_fvcore_flop_count_analysis(name: str) -> None:
+    import visbench.backbones  # noqa: F401  (registers the names)
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert count_macs(model, x, convention="fvcore") == _fvcore_total(model, x)
+    assert count_macs(model, x, convention="fvcore") > count_macs(model, x)  # the norms
