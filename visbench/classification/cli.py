@@ -3,22 +3,16 @@
 Each subcommand keeps its own ``add_arguments(parser)`` / ``run(args)`` next to the code it runs
 (``visbench.cli`` imports one module per subcommand): ``train`` in
 :mod:`visbench.classification.trainer`, ``eval`` in :mod:`visbench.classification.evaluate`. Both take
-``CONFIG [section.key=value ...]`` (see :mod:`visbench.config`) and report a user mistake as one line
-on stderr with exit code 2.
+``CONFIG [section.key=value ...]`` (see :mod:`visbench.config`). A user's mistake (a bad config,
+missing data, an unusable checkpoint) is raised, and ``visbench.cli.main`` prints it as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from visbench.classification.checkpoints import CheckpointError
-from visbench.config import ConfigError, TrainConfig, load_config
-from visbench.data.classification import DatasetNotFoundError
-
-# A bad config, missing data or an unusable checkpoint: the user's to fix, so no traceback.
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CheckpointError)
+from visbench.config import TrainConfig, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +37,3 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
     if getattr(args, "output", None):
         overrides.append(f"train.output_dir={args.output}")
     return load_config(config_path, overrides), config_path
-
-
-def report_error(err: Exception) -> int:
-    """One line on stderr; the exit code of a user mistake."""
-    print(f"error: {err}", file=sys.stderr)
-    return 2

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from visbench.classification import checkpoints as ckpt
-from visbench.classification.cli import USER_ERRORS, add_config_arguments, config_from_args, report_error
+from visbench.classification.cli import add_config_arguments, config_from_args
 from visbench.classification.engine import (
     Runtime,
     build_model,
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``visbench eval``: print the metrics as JSON (rank 0); 2 for a user error."""
+    """``visbench eval``: print the metrics as JSON (rank 0); a user's mistake raises to ``visbench.cli``."""
     from visbench.results import make_result, now_iso, write_result
 
     start = now_iso()
@@ -94,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, config_path = config_from_args(args)
         metrics = evaluate_checkpoint(cfg, args.checkpoint, args.ema)
-    except USER_ERRORS as err:
-        return report_error(err)
     finally:
         cleanup_distributed()
     if not metrics.pop("is_main"):

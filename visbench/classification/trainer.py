@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from visbench.classification import checkpoints as ckpt
-from visbench.classification.cli import USER_ERRORS, add_config_arguments, config_from_args, report_error
+from visbench.classification.cli import add_config_arguments, config_from_args
 from visbench.classification.engine import (
     EvalResult,
     NonFiniteLossError,
@@ -749,7 +749,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``visbench train``: 0 finished, 130 stopped by a signal (resumable), 3 diverged, 2 a user error."""
+    """``visbench train``: 0 finished, 130 stopped by a signal (resumable), 3 diverged.
+
+    A user's mistake (config, data, checkpoint) raises; ``visbench.cli.main`` prints it as one line, exit 2.
+    """
     try:
         cfg, config_path = config_from_args(args)
         if args.print_config:
@@ -758,8 +761,6 @@ def run(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
         outcome = train(cfg, config_path=config_path, resume=args.resume)
-    except USER_ERRORS as err:
-        return report_error(err)
     finally:
         cleanup_distributed()
     if outcome.status != "finished":
