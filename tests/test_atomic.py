@@ -86,3 +86,20 @@ def test_directory_block_that_fails_leaves_the_old_folder_and_no_temporary(tmp_p
         raise RuntimeError("killed while saving")
     assert (target / "model.bin").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["epoch0001"]
+
+
+# Writers not yet moved onto visbench.atomic (owned elsewhere); delete an entry once its file uses it.
+_NOT_YET_MOVED = {"visbench/verdicts.py"}
+
+
+def test_visbench_atomic_is_the_only_code_that_renames_files_into_place() -> None:
+    import re
+
+    pattern = re.compile(r"\bos\.(replace|rename)\(|\bmkstemp\(")
+    sources = [p for folder in ("visbench", "backbones", "kernels") for p in (REPO / folder).rglob("*.py")]
+    writers = {
+        str(p.relative_to(REPO))
+        for p in sources
+        if p.name != "atomic.py" and pattern.search(p.read_text(encoding="utf-8"))
+    }
+    assert writers <= _NOT_YET_MOVED, f"use visbench.atomic instead of a private atomic writer in {writers}"
