@@ -75,15 +75,15 @@ MODEL_FAMILIES: dict[str, Family] = {
 }
 
 # Stride of each stage's token map, per body: hierarchical = MambaOut's stem (4) and three
-# downsamplings, all padded stride-2 3x3 convs, so a side of n gives ceil(n / 2) (our body also asks for
-# multiples of 32, where that is exact); isotropic = 16x16 patches (an unpadded conv: floor; our body asks
-# for multiples of 16); sequence = one token per pixel.
+# downsamplings; isotropic = 16x16 patches; sequence = one token per pixel. A side of n gives
+# ceil(n / stride) tokens: MambaOut's stride-2 3x3 convs are padded, and a patch body pads a side that
+# does not divide (timm's ``dynamic_img_pad``). Our hierarchical bodies ask for multiples of 32 and our
+# isotropic ones for multiples of 16, where ceil is exact.
 BODY_STAGE_STRIDES: dict[str, tuple[int, ...]] = {
     "hierarchical": (4, 8, 16, 32),
     "isotropic": (16,),
     "sequence": (1,),
 }
-_PADDED_BODIES = {"hierarchical": True, "isotropic": False, "sequence": False}
 
 # timm (and published) names that visbench does not register but that bench, analyze and the reference
 # tables use: name prefix -> (what it stands for, stage strides; ``None``: not known here). A ``patchN`` in
@@ -169,23 +169,18 @@ def stage_strides(name: str) -> tuple[int, ...]:
     return entry[1]
 
 
-def token_grid(input_size: Sequence[int], stride: int, padded: bool = True) -> tuple[int, int]:
-    """Token map ``(h, w)`` at ``stride`` of an ``(H, W)`` (or ``(C, H, W)``) input.
+def token_grid(input_size: Sequence[int], stride: int) -> tuple[int, int]:
+    """Token map ``(h, w)`` at ``stride`` of an ``(H, W)`` (or ``(C, H, W)``) input: ceil(side / stride).
 
-    ``padded``: stride-2 convs with padding (a side of n gives ceil(n / stride)); else an unpadded patch
-    conv (floor). The arithmetic behind :func:`tokens_per_stage`, for models this module does not know.
+    The arithmetic behind :func:`tokens_per_stage`, also for models this module does not know.
     """
     height, width = (int(v) for v in input_size[-2:])
-    if padded:
-        return math.ceil(height / stride), math.ceil(width / stride)
-    return height // stride, width // stride
+    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 def stage_grids(name: str, input_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """The token map ``(h, w)`` of each stage at ``input_size``; ``ValueError`` for an unknown name."""
-    strides = stage_strides(name)
-    padded = _PADDED_BODIES[describe_any(name).body]
-    return tuple(token_grid(input_size, s, padded) for s in strides)
+    return tuple(token_grid(input_size, s) for s in stage_strides(name))
 
 
 def tokens_per_stage(name: str, input_size: Sequence[int]) -> tuple[int, ...]:

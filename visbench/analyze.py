@@ -149,7 +149,7 @@ def stage_grids(name: str, stages: list[Stage], height: int, width: int) -> list
     """Token map of each stage at ``height x width``: ``visbench.backbones.naming``'s, for the names it knows.
 
     ``ValueError`` when the model's ``feature_info`` strides disagree with naming's. A name naming does
-    not know (any other timm model) gets the ``feature_info`` strides with padded convolutions (ceil).
+    not know (any other timm model) gets its ``feature_info`` strides and naming's arithmetic (ceil).
     """
     from visbench.backbones import naming
 
