@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import visbench.backbones.hierarchical  # noqa: F401  (registers the models)
+import visbench.backbones  # noqa: F401  (the one registration point: registers every model)
 from visbench.backbones.hierarchical import FAMILIES, SIZES, HierarchicalNet, checkpoint_filter_fn
 
 try:
