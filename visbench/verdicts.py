@@ -67,13 +67,13 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from visbench.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 SPEC_SCHEMA_VERSION = 1
@@ -1022,7 +1022,9 @@ def write_report(report: Mapping[str, Any], out_dir: Path, figures: bool = True)
         for claim in report["claims"]:
             figs[claim["id"]] = hypotheses.plot_claim(claim, out_dir, smoke=report["smoke"])
     md = out_dir / HYPOTHESES_MD
-    _atomic_write(md, hypotheses.render_markdown(report, {k: [p.name for p in v] for k, v in figs.items()}))
+    atomic_write_text(
+        md, hypotheses.render_markdown(report, {k: [p.name for p in v] for k, v in figs.items()})
+    )
     written.append(md)
     for paths in figs.values():
         written += paths
@@ -1032,25 +1034,11 @@ def write_report(report: Mapping[str, Any], out_dir: Path, figures: bool = True)
 # ---------------------------------------------------------------------------- hypotheses.json
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_hypotheses(path: Path, report: Mapping[str, Any]) -> Path:
     """Validate and write ``report`` as JSON atomically."""
     path = Path(path)
     validate_hypotheses(report, f"{path} (not written)")
-    return _atomic_write(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def load_hypotheses(path: Path | str) -> dict[str, Any]:
