@@ -10,8 +10,8 @@ Our names are ``<stem>_<size>``: the stem says family, mixer, order and body (``
 ``ssm_cross2d``, ``attn_causal``, ``vit_causal``, ``vim``, ``iso_gated_cnn``, ``seq_ssm_causal``, ...),
 the size is one of :data:`SIZES`. timm's own names that the project compares with (``mambaout_*``,
 ``vit_*_patch16_224``, ``deit_*``, ``resnet*``, ``convnext_*``) are described by :func:`describe_any`,
-which says ``"unknown"`` for what it does not know instead of raising. Pure Python: reading a name
-never imports torch or builds a model.
+which says ``"unknown"`` for what it does not know instead of raising. This module uses the standard
+library only: reading a name builds no model.
 """
 
 from __future__ import annotations
