@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -88,9 +89,19 @@ def test_hugging_face_kernels_and_visbench_share_an_environment(tmp_path: Path) 
 @pytest.fixture(scope="module")
 def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip wheel .`` then the wheel unpacked into a clean folder (what ``pip install .`` lays out)."""
+    # Built from a copy of the checkout's files (tracked and not ignored), so a stale build/ folder in
+    # the repository cannot leak old modules into the wheel.
+    source = tmp_path_factory.mktemp("source")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    for relative in listed.stdout.splitlines():
+        if (REPO / relative).is_file():
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / relative, source / relative)
     build = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(build)]
-    proc = subprocess.run([*cmd, str(REPO)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, str(source)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = build.glob("visbench_mamba-*.whl")
     target = tmp_path_factory.mktemp("site")
