@@ -1,8 +1,9 @@
 """Models: gated-CNN, SSM and attention token mixers in hierarchical, isotropic and 1-D bodies.
 
-Importing this package registers every visbench model with timm (``timm.create_model("gated_cnn_tiny")``).
-The mmdetection backbone type ``VisBenchBackbone`` lives in ``visbench.backbones.mmdet_backbone``, which
-detection configs load with ``custom_imports`` (so that ``import backbones`` never imports mmdet).
+Importing this package is THE registration point: it registers every visbench model with timm
+(``timm.create_model("gated_cnn_tiny")``), whichever submodule is imported first. The mmdetection backbone
+type ``VisBenchBackbone`` lives in ``visbench.backbones.mmdet_backbone``, which detection configs load with
+``custom_imports`` (so that ``import visbench.backbones`` never imports mmdet).
 """
 
 import timm
