@@ -263,6 +263,7 @@ def measure_group(
     dev = torch.device(device)
     if memory == "auto":
         memory = "cuda" if dev.type == "cuda" else "process"
+    threads_at_start = torch.get_num_threads()
     group = [_build_member(name, c, size, dev, batch_size, channels_last) for name, c in members]
     amp_dtype = getattr(torch, AMP_DTYPES[amp]) if AMP_DTYPES[amp] else None
     compiled = any(m.compile != "none" for m in group)
@@ -320,6 +321,12 @@ def measure_group(
         for m, step in zip(group, steps, strict=True):
             m.peak_train = peak(step)
 
+    if torch.get_num_threads() != threads_at_start:
+        print(
+            f"visbench bench: warning: the thread count changed from {threads_at_start} to "
+            f"{torch.get_num_threads()} during the run (set --threads); both are recorded",
+            file=sys.stderr,
+        )
     rss = None
     if memory in ("process", "isolated"):
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux, bytes on macOS.
@@ -361,6 +368,7 @@ def measure_group(
             "infer_s_per_step": m.infer_times,
             "macs_convention": "torch",
             "macs_fvcore": m.macs_fvcore,
+            "threads_at_start": threads_at_start,
         }
         if train:
             extra["train_s_per_step"] = m.train_times
@@ -543,6 +551,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="engine of the --pair-with partners (default: --compile); to measure an engine itself",
     )
     parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch and numba (default: as the environment says); recorded",
+    )
     parser.add_argument("--memory", choices=("auto", "isolated", "process", "none"), default="auto")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="result.json folder root")
 
@@ -565,6 +579,13 @@ def run(args: argparse.Namespace) -> int:
 
     groups = plan_groups(args)
     check_model_names([name for group in groups for name, _ in group])
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected a positive number, got {args.threads}")
+        # numba's OpenMP pool (the CPU selective scan) resets the process's OpenMP thread count to its own
+        # size when it starts: give both the same number, before numba is imported, workers included.
+        os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     memory = args.memory
     if memory == "auto":
