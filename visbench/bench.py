@@ -122,6 +122,13 @@ def speed_ratio(this: Sequence[float], partner: Sequence[float]) -> tuple[float,
     return median, q1, q3
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        return None
+
+
 def check_model_names(names: Sequence[str]) -> None:
     """``ValueError`` naming the first unknown model and the closest registered names."""
     import timm
@@ -264,6 +271,7 @@ def measure_group(
     if memory == "auto":
         memory = "cuda" if dev.type == "cuda" else "process"
     threads_at_start = torch.get_num_threads()
+    load_at_start = _load_average()
     group = [_build_member(name, c, size, dev, batch_size, channels_last) for name, c in members]
     amp_dtype = getattr(torch, AMP_DTYPES[amp]) if AMP_DTYPES[amp] else None
     compiled = any(m.compile != "none" for m in group)
@@ -369,6 +377,8 @@ def measure_group(
             "macs_convention": "torch",
             "macs_fvcore": m.macs_fvcore,
             "threads_at_start": threads_at_start,
+            # 1-minute load average before and after: how much else the machine was running
+            "load_average": [load_at_start, _load_average()],
         }
         if train:
             extra["train_s_per_step"] = m.train_times
