@@ -55,13 +55,6 @@ USER_ERROR_TYPES = (
 _TIMM_UNKNOWN_MODEL = re.compile(r"^Unknown model \((?P<name>[^)]*)\)$")
 
 
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def close_model_names(name: str, n: int = 3) -> list[str]:
     """The registered model names (ours first, then timm's) closest to ``name``, for "did you mean"."""
     import timm
@@ -82,7 +75,7 @@ def unknown_model_message(name: str) -> str:
     hint = (
         "did you mean " + ", ".join(repr(c) for c in close) + "?"
         if close
-        else "see `visbench analyze --help` or timm.list_models()"
+        else "visbench.backbones.list_models() lists ours, timm.list_models() timm's"
     )
     return f"unknown model {name!r}; {hint}"
 
@@ -130,8 +123,7 @@ def user_error_message(err: BaseException) -> str | None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
