@@ -198,5 +198,5 @@ def mixer_tokens(model_name: str, input_size: list[int]) -> int | None:
     """Tokens the first token mixer sees (``naming.tokens_per_stage``); None for a plain timm model."""
     try:
         return tokens_per_stage(model_name, input_size)[0]
-    except ValueError:  # not a visbench name (e.g. timm's vit_small_patch16_224): result.json omits tokens
+    except ValueError:  # a name naming does not know (e.g. timm's resnet50): result.json omits tokens
         return None

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from visbench.backbones.naming import describe
+from visbench.backbones.naming import tokens_per_stage
 from visbench.results import coco_metrics_from_mmdet, make_result, write_result
 
 
@@ -30,12 +30,6 @@ def dataset_name_of(cfg: Any) -> str:
     """The data folder's name (``coco``, ``fashion_mnist_128x128``, ``deepforest``...)."""
     root = cfg.test_dataloader.dataset.get("data_root") or ""
     return Path(str(root).rstrip("/")).name or "unknown"
-
-
-def stage1_tokens(model_name: str, input_size: tuple[int, int]) -> int:
-    """Tokens the first token mixer sees: stride 4 for hierarchical bodies, 16 for isotropic ones."""
-    stride = 16 if describe(model_name).body == "isotropic" else 4
-    return (input_size[0] // stride) * (input_size[1] // stride)
 
 
 def _unwrap(model: Any) -> Any:
@@ -82,7 +76,7 @@ def write_detection_result(
     schema_metrics = coco_metrics_from_mmdet(metrics)
     task = "instance_segmentation" if any(k.startswith("segm_") for k in schema_metrics) else "detection"
     size = input_size_of(cfg)
-    tokens = stage1_tokens(name, size)
+    tokens = tokens_per_stage(name, size)[0]
     body = backbone.body
     width = body.feature_info[0]["num_chs"] if hasattr(body, "stages") else body.embed_dim
     seed = (cfg.get("randomness") or {}).get("seed")
