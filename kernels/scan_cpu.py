@@ -5,7 +5,14 @@ kernels once per machine (tens of seconds on a busy 2-core box) and then loads t
 cache in about a second; ``torch.utils.cpp_extension`` would need ninja, g++ and a minute per build
 for the same loop. Speed comes from the kernel shape, not the JIT: the state stays in registers, the
 loop over N is SIMD (see ``_scan_cpu_numba.fast_exp``), and the element-wise ends (bias, softplus,
-silu gate) are vectorised torch ops around it.
+the D skip, the silu gate, and their gradients) are fused into the kernels as vectorised loops over
+each chain's row, so the op builds no (batch, dim, L) temporaries besides its outputs.
+
+Layouts (``STRIDED_INPUTS``: the front end leaves inputs in their strides and this module decides):
+the (b, d, L) tensors u, delta, z and dout are passed as views whenever L is unit-stride (slices,
+permuted batch or dim axes), and copied once otherwise; B and C are used as (b, g, L, N) contiguous,
+which is free when they are that layout in memory (a projection's output split into B and C) and one
+small copy otherwise (never the two copies of making them (b, g, N, L) contiguous and transposing).
 
 ``VISBENCH_SCAN_CPU_IMPL=torch`` (or :func:`use_implementation`) forces the fallback, e.g. for tests.
 numba writes its cache next to ``kernels/_scan_cpu_numba.py`` (``__pycache__``), or, when that folder
@@ -20,10 +27,10 @@ import os
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "BACKWARD_CHUNK",
+    "STRIDED_INPUTS",
     "SUPPORTS_FLOAT64",
     "implementation",
     "is_available",
@@ -33,6 +40,7 @@ __all__ = [
 ]
 
 SUPPORTS_FLOAT64 = True
+STRIDED_INPUTS = True
 IMPL_ENV = "VISBENCH_SCAN_CPU_IMPL"
 # Steps between state checkpoints in the numba backward. Sequences up to this length are done in one
 # chunk (one thread-local buffer of BACKWARD_CHUNK x N states); longer ones pay one extra forward pass.
@@ -75,19 +83,27 @@ def _numpy(t: torch.Tensor):
     return t.detach().numpy()
 
 
+def _along_time(t: torch.Tensor) -> torch.Tensor:
+    """A (b, d, L) input as it is when L is unit-stride (the kernels read any strides), else a copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def _bt(t: torch.Tensor) -> torch.Tensor:
-    """(b, g, N, L) -> (b, g, L, N) contiguous: the kernels' inner loop over N is then unit-stride."""
+    """(b, g, N, L) -> (b, g, L, N) contiguous, the layout of the kernels' inner loop over N: no copy
+    when B is that layout in memory already, one copy (of a tensor dims-per-group times smaller than
+    u) otherwise."""
     return t.transpose(2, 3).contiguous()
 
 
-def _time_step(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool):
-    """(raw, dt): delta + delta_bias, and its softplus when asked (torch's threshold 20, as mamba)."""
-    raw = delta if delta_bias is None else delta + delta_bias[:, None]
-    return raw, (F.softplus(raw) if softplus else raw).contiguous()
+def _dummy(like: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Stand-in for an absent input (the kernels take a has_* flag and one signature per dtype)."""
+    return like.new_zeros((1,) * ndim)
 
 
-def _d_skip(D: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return D if D is not None else like.new_zeros(1)
+def _optional(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> torch.Tensor:
+    if t is None:
+        return _dummy(like, ndim)
+    return _along_time(t) if ndim == 3 else t.contiguous()
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool):
@@ -98,23 +114,25 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool
         return _scan_cpu_torch.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     kern = _numba_module()
     batch, dim, length = u.shape
-    _, dt = _time_step(delta, delta_bias, delta_softplus)
     out = u.new_empty(batch, dim, length)
     last_state = u.new_empty(batch, dim, A.shape[1])
     kern.set_threads(torch.get_num_threads())
-    kern.scan_fwd(
-        _numpy(u),
-        _numpy(dt),
-        _numpy(A),
+    kern.kernel("scan_fwd", _numpy(out).dtype)(
+        _numpy(_along_time(u)),
+        _numpy(_along_time(delta)),
+        _numpy(_optional(delta_bias, u, 1)),
+        delta_bias is not None,
+        bool(delta_softplus),
+        _numpy(A.contiguous()),
         _numpy(_bt(B)),
         _numpy(_bt(C)),
-        _numpy(_d_skip(D, u)),
+        _numpy(_optional(D, u, 1)),
         D is not None,
+        _numpy(_optional(z, u, 3)),
+        z is not None,
         _numpy(out),
         _numpy(last_state),
     )
-    if z is not None:
-        out = out * F.silu(z)
     return out, last_state
 
 
@@ -142,42 +160,44 @@ def selective_scan_bwd(
     groups, dstate = B.shape[1], A.shape[1]
     n_blocks = _blocks_per_group(batch, groups, dim // groups)
     chunk = max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
-    raw, dt = _time_step(delta, delta_bias, delta_softplus)
-    # The gate out = pre * silu(z): the kernel wants d loss / d pre, and gives pre back for dz.
-    gate_sigmoid = torch.sigmoid(z) if z is not None else None
-    g = dout if z is None else dout * z * gate_sigmoid
-    du, ddt, pre = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
+    du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
+    dz = u.new_empty(u.shape) if z is not None else _dummy(u, 3)
     dA_part = u.new_empty(batch, dim, dstate)
-    dBt_part = u.new_zeros(batch, groups, n_blocks, length, dstate)
-    dCt_part = u.new_zeros(batch, groups, n_blocks, length, dstate)
-    dD_part = u.new_empty(batch, dim)
+    dBt_part = u.new_empty(batch, groups, n_blocks, length, dstate)  # each work item zeroes its slice
+    dCt_part = u.new_empty(batch, groups, n_blocks, length, dstate)
+    dD_part, dbias_part = u.new_empty(batch, dim), u.new_empty(batch, dim)
+    dtype = _numpy(du).dtype
     kern.set_threads(torch.get_num_threads())
-    kern.scan_bwd(
-        _numpy(g.contiguous()),
-        _numpy(u),
-        _numpy(dt),
-        _numpy(A),
+    kern.kernel("scan_bwd", dtype)(
+        _numpy(_along_time(dout)),
+        _numpy(_along_time(u)),
+        _numpy(_along_time(delta)),
+        _numpy(_optional(delta_bias, u, 1)),
+        delta_bias is not None,
+        bool(delta_softplus),
+        _numpy(A.contiguous()),
         _numpy(_bt(B)),
         _numpy(_bt(C)),
-        _numpy(_d_skip(D, u)),
+        _numpy(_optional(D, u, 1)),
         D is not None,
+        _numpy(_optional(z, u, 3)),
+        z is not None,
         chunk,
         n_blocks,
         _numpy(du),
-        _numpy(ddt),
-        _numpy(pre),
+        _numpy(ddelta),
+        _numpy(dz),
         _numpy(dA_part),
         _numpy(dBt_part),
         _numpy(dCt_part),
         _numpy(dD_part),
+        _numpy(dbias_part),
     )
-    dz = None
-    if z is not None:
-        dz = dout * pre * gate_sigmoid * (1 + z * (1 - gate_sigmoid))
-    # softplus' gradient is sigmoid, and 1 above torch's threshold of 20 (where softplus is the identity).
-    ddelta = ddt * torch.where(raw > 20.0, 1.0, torch.sigmoid(raw)) if delta_softplus else ddt
-    dB = dBt_part.sum(2).transpose(2, 3).contiguous()
-    dC = dCt_part.sum(2).transpose(2, 3).contiguous()
+    # dB, dC summed over the blocks of dims and written in B's (b, g, N, L) layout by one kernel.
+    dB, dC = u.new_empty(B.shape), u.new_empty(C.shape)
+    reduce = kern.kernel("reduce_transpose", dtype)
+    reduce(_numpy(dBt_part), _numpy(dB))
+    reduce(_numpy(dCt_part), _numpy(dC))
     dD = dD_part.sum(0) if D is not None else None
-    ddelta_bias = ddelta.sum((0, 2)) if delta_bias is not None else None
-    return du, ddelta, dA_part.sum(0), dB, dC, dD, dz, ddelta_bias
+    ddelta_bias = dbias_part.sum(0) if delta_bias is not None else None
+    return du, ddelta, dA_part.sum(0), dB, dC, dD, dz if z is not None else None, ddelta_bias

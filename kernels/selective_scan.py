@@ -37,7 +37,9 @@ functions:
         -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)   # None for an input that was None
 
 Inputs are normalised by this front end: float32 (float64 only for a back end whose module sets
-``SUPPORTS_FLOAT64 = True`` and float64 u), contiguous; u, delta, z: (b, d, l); A: (d, n); B, C:
+``SUPPORTS_FLOAT64 = True`` and float64 u), contiguous (left in their strides for a back end whose
+module sets ``STRIDED_INPUTS = True``: it reads any layout, and copies what it cannot use as it is;
+``dout`` too); u, delta, z: (b, d, l); A: (d, n); B, C:
 ALWAYS grouped (b, g, n, l) (g=1 for the ungrouped case; B and C with the same g); D, delta_bias:
 (d,) or None; z may be None.
 out (b, d, l) includes the D skip and the z gate silu(z) * y exactly as mamba; last_state (b, d, n).
@@ -149,6 +151,12 @@ def _supports_float64(name: str) -> bool:
     return bool(getattr(_backend_module(name), "SUPPORTS_FLOAT64", False))
 
 
+@torch.compiler.assume_constant_result
+def _strided_inputs(name: str) -> bool:
+    """Whether back end ``name`` reads inputs of any strides (module flag ``STRIDED_INPUTS``)."""
+    return bool(getattr(_backend_module(name), "STRIDED_INPUTS", False))
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -217,14 +225,17 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"selective_scan: {name} must be (dim,) = ({dim},), got {tuple(t.shape)}")
 
 
-def _normalise_bc(t: Tensor, batch: int, length: int, dtype: torch.dtype) -> Tensor:
-    """B or C -> (batch, G, N, L) contiguous in ``dtype``; a constant (dim, N) becomes G = dim groups."""
+def _normalise_bc(t: Tensor, batch: int, length: int, dtype: torch.dtype, strided: bool) -> Tensor:
+    """B or C -> (batch, G, N, L) in ``dtype``; a constant (dim, N) becomes G = dim groups.
+
+    Contiguous unless ``strided`` (the back end reads strides: then a view wherever one exists).
+    """
     t = t.to(dtype)
     if t.dim() == 2:
         t = t[None, :, :, None].expand(batch, -1, -1, length)
     elif t.dim() == 3:
         t = t.unsqueeze(1)
-    return t.contiguous()
+    return t if strided else t.contiguous()
 
 
 # ----------------------------------------------------------------------------- the custom ops
@@ -251,7 +262,8 @@ def _scan_fwd_op(
 
 @_scan_fwd_op.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    # Contiguous whatever u's strides (empty_like would keep a permuted u's), as the real outputs are.
+    return u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
 
 
 @torch.library.custom_op("visbench::selective_scan_bwd", mutates_args=())
@@ -269,9 +281,10 @@ def _scan_bwd_op(
     backend: str,
 ) -> list[Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias); a (0,)-shaped tensor for an absent input."""
-    grads = _backend_module(backend).selective_scan_bwd(
-        dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, delta_softplus
-    )
+    module = _backend_module(backend)
+    if not getattr(module, "STRIDED_INPUTS", False):
+        dout = dout.contiguous()
+    grads = module.selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [
         u.new_empty(0) if x is None else g.to(x.dtype).reshape(x.shape).contiguous()
@@ -282,7 +295,7 @@ def _scan_bwd_op(
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    return [u.new_empty(0) if x is None else torch.empty_like(x) for x in inputs]
+    return [u.new_empty(0) if x is None else x.new_empty(x.shape) for x in inputs]
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -356,11 +369,16 @@ def selective_scan(
     dtype = torch.float64 if wide else torch.float32
     batch, _, length = u.shape
 
-    def prep(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.to(dtype).contiguous()
+    strided = _strided_inputs(name)
 
-    B4 = _normalise_bc(B, batch, length, dtype)
-    C4 = _normalise_bc(C, batch, length, dtype)
+    def prep(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        t = t.to(dtype)
+        return t if strided else t.contiguous()
+
+    B4 = _normalise_bc(B, batch, length, dtype, strided)
+    C4 = _normalise_bc(C, batch, length, dtype, strided)
     if B4.shape[1] != C4.shape[1]:  # back ends take one group count: refine both to the lcm
         groups = math.lcm(B4.shape[1], C4.shape[1])
         B4 = B4.repeat_interleave(groups // B4.shape[1], dim=1)

@@ -101,6 +101,111 @@ def test_grouped_B_with_shared_C():
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=4e-3)
 
 
+# ----------------------------------------------------------------------------- fused pieces and layouts
+# The cpu back end fuses softplus(delta + delta_bias), the D skip and the silu(z) gate into its kernels
+# and reads inputs in the layouts callers produce. Each piece's forward and gradients are checked
+# against mamba-ssm's selective_scan_ref, on inputs laid out as a model lays them out.
+
+
+def _channels_last(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The same values with L innermost-but-one: (b, L, d) memory for u, delta, z; (b, g, L, N) for B, C."""
+    if name in ("u", "delta", "z", "B", "C"):
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return t
+
+
+def _strided(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The same values as every-other slices of a twice larger tensor (dim axis; N for B, C; L kept unit)."""
+    axis = {"B": 2, "C": 2}.get(name, 1 if t.dim() > 1 else 0)
+    return t.repeat_interleave(2, dim=axis).narrow(axis, 0, 2 * t.shape[axis] - 1)[
+        (slice(None),) * axis + (slice(None, None, 2),)
+    ]
+
+
+def _time_strided(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The same values with stride 2 along L (the back end copies these once)."""
+    if name in ("u", "delta", "z", "B", "C"):
+        return t.repeat_interleave(2, dim=-1)[..., ::2]
+    return t
+
+
+LAYOUTS = {
+    "contiguous": lambda name, t: t,
+    "channels_last": _channels_last,
+    "strided": _strided,
+    "time_strided": _time_strided,
+}
+# (has_delta_bias + delta_softplus, has_D, has_z): each fused piece alone, then all together.
+FUSED = {"softplus_bias": (True, False, False), "D": (False, True, False), "z": (False, False, True)}
+FUSED["all"] = (True, True, True)
+
+
+def _grads_through_layout(fn, case, layout, dout):
+    """fn on the case's inputs laid out by ``layout`` (differentiably): out, last_state, input grads."""
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    laid = {k: None if v is None else LAYOUTS[layout](k, v) for k, v in inputs.items()}
+    out, last = fn(**laid, delta_softplus=case.delta_softplus, return_last_state=True)
+    present = [k for k, v in inputs.items() if v is not None]
+    grads = torch.autograd.grad(out, [inputs[k] for k in present], dout)
+    return out, last, dict(zip(present, grads)), laid
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("fused", list(FUSED))
+def test_fused_pieces_match_mamba_ref_in_every_layout(fused, layout, cpu_impl):
+    mamba_ref = import_mamba_reference("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+    bias_softplus, has_D, has_z = FUSED[fused]
+    case = ScanCase(2, 8, 4, 37, "grouped", has_z, has_D, bias_softplus, bias_softplus, True)
+    dout = torch.randn(2, 8, 37, generator=torch.Generator().manual_seed(1))
+    want = _grads_through_layout(mamba_ref, case, "contiguous", dout)
+    got = _grads_through_layout(functools.partial(selective_scan, backend="cpu"), case, layout, dout)
+    if layout != "contiguous":
+        assert not got[3]["u"].is_contiguous() and not got[3]["B"].is_contiguous()
+    torch.testing.assert_close(got[0], want[0], rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(got[1], want[1], rtol=6e-4, atol=2e-3)
+    assert got[2].keys() == want[2].keys()
+    for name, expected in want[2].items():
+        scale = max(1.0, float(expected.abs().max()))
+        torch.testing.assert_close(
+            got[2][name], expected, rtol=1.2e-3, atol=4e-3 * scale, msg=lambda m, n=name: f"d{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("fused", ["softplus_bias", "z"])
+def test_fused_pieces_at_extreme_arguments_match_ref(fused, cpu_impl):
+    """softplus on both sides of torch's threshold of 20 and far below 0; the gate where silu saturates."""
+    case = ScanCase(1, 8, 4, 64, "shared", fused == "z", True, True, True, False)
+    inputs = make_inputs(case, torch.float32)
+    wide = torch.linspace(-40.0, 40.0, 8 * 64).reshape(1, 8, 64)
+    if fused == "z":
+        inputs["z"] = wide
+    else:
+        inputs["delta"] = wide / 2  # dt up to 20: decays underflow to 0, as they do in ref
+        inputs["A"] = inputs["A"] / 4
+    results = []
+    for backend in ("ref", "cpu"):
+        leaves = {k: None if v is None else v.clone().requires_grad_(True) for k, v in inputs.items()}
+        out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+        wrt = [leaves["delta"], leaves["z"] if fused == "z" else leaves["u"]]
+        grads = torch.autograd.grad(out.square().sum(), wrt)
+        results.append((out.detach(), *grads))
+    for got, want in zip(results[1], results[0]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=6e-4, atol=2e-3 * max(1.0, float(want.abs().max())))
+
+
+def test_layouts_share_one_compiled_kernel_per_dtype():
+    """Strided inputs run the same compiled kernel as contiguous ones (no compile per layout)."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    kern = scan_cpu._numba_module()
+    case = ScanCase(2, 8, 4, 9, "grouped", True, True, True, True, False)
+    dout = torch.randn(2, 8, 9)
+    for layout in LAYOUTS:
+        _grads_through_layout(functools.partial(selective_scan, backend="cpu"), case, layout, dout)
+    assert len(kern.scan_fwd.overloads) <= 2 and len(kern.scan_bwd.overloads) <= 2  # float32, float64
+
+
 # ----------------------------------------------------------------------------- gradcheck (float64)
 
 
