@@ -192,6 +192,9 @@ def _copy_row(row, buffer):
 
 
 # ----------------------------------------------------------------------------- the kernels
+# Loops over N: LLVM vectorises a loop with a reduction (y += x[k] * c[k]) with an interleave of 2,
+# so its vector body needs 2 x 16 states (AVX-512) and N = 16, Mamba's state size, ran entirely in
+# the scalar remainder: 5x slower. So every loop over N either updates arrays or reduces, never both.
 
 
 def scan_fwd(u, delta, delta_bias, has_bias, delta_softplus, A, Bt, Ct, D, has_D, z, has_z, out, last_state):
@@ -225,6 +228,7 @@ def scan_fwd(u, delta, delta_bias, has_bias, delta_softplus, A, Bt, Ct, D, has_D
             c_row = Ct[bi, gi, t]
             for k in range(dstate):
                 x[k] = fast_exp(step * a_row[k]) * x[k] + dtu * b_row[k]
+            for k in range(dstate):  # a loop of its own: see "Loops over N" above
                 y += x[k] * c_row[k]
             out_row[t] = y + d_skip * ut
         if has_z:
@@ -286,13 +290,15 @@ def scan_bwd(
             for k in range(dstate):
                 dB_acc[t, k] = 0.0
                 dC_acc[t, k] = 0.0
-        # Thread-local buffers: state at each chunk start, one chunk's states and decays, and rows of
-        # the chain's dt and of g = d loss / d (y + D u).
+        # Thread-local buffers: state at each chunk start, one chunk's states, decays and adjoints h,
+        # and rows of the chain's dt and of g = d loss / d (y + D u).
         checkpoints = np.zeros((n_chunks, dstate), dtype=du.dtype)
         xs = np.empty((chunk + 1, dstate), dtype=du.dtype)
         decays = np.empty((chunk, dstate), dtype=du.dtype)
         carry = np.empty(dstate, dtype=du.dtype)
         dA_acc = np.empty(dstate, dtype=du.dtype)
+        hs = np.empty((chunk, dstate), dtype=du.dtype)
+        state = np.empty(dstate, dtype=du.dtype)
         raw = np.empty(length, dtype=du.dtype)
         dt = np.empty(length, dtype=du.dtype)
         g = np.empty(length, dtype=du.dtype)
@@ -339,48 +345,82 @@ def scan_bwd(
                 start = c * chunk
                 stop = min(start + chunk, length)
                 for k in range(dstate):
-                    xs[0, k] = checkpoints[c, k]
+                    state[k] = checkpoints[c, k]
+                    xs[0, k] = state[k]
                 for t in range(start, stop):
                     j = t - start
                     step = dt[t]
                     dtu = step * u_row[t]
                     b_row = Bt[bi, gi, t]
+                    dec = decays[j]
+                    x_next = xs[j + 1]
+                    # The state is updated in its own array and then copied into the chunk's
+                    # buffer: reading row j and writing row j + 1 of one array is not vectorised.
                     for k in range(dstate):
                         a = fast_exp(step * a_row[k])
-                        decays[j, k] = a
-                        xs[j + 1, k] = a * xs[j, k] + dtu * b_row[k]
+                        dec[k] = a
+                        state[k] = a * state[k] + dtu * b_row[k]
+                    for k in range(dstate):
+                        x_next[k] = state[k]
                     if has_z:  # the gate's gradient needs the pre-gate output
                         c_row = Ct[bi, gi, t]
                         y = zero
                         for k in range(dstate):
-                            y += xs[j + 1, k] * c_row[k]
+                            y += x_next[k] * c_row[k]
                         pre_row[t] = y + d_skip * u_row[t]
+                # The reverse recurrence alone, h_t = d loss / d x_t = carry + g_t C_t (this step's
+                # output plus what flows back from x_{t+1}), carry = decay_t h_t; the gradients
+                # that need h are read off it afterwards, each in a loop over few arrays (a loop
+                # that writes many arrays is not vectorised: too many possible overlaps to check).
                 for t in range(stop - 1, start - 1, -1):
+                    j = t - start
+                    gt = g[t]
+                    c_row = Ct[bi, gi, t]
+                    dec = decays[j]
+                    h_row = hs[j]
+                    for k in range(dstate):
+                        hk = carry[k] + gt * c_row[k]
+                        h_row[k] = hk
+                        carry[k] = dec[k] * hk
+                for t in range(start, stop):
                     j = t - start
                     step = dt[t]
                     ut = u_row[t]
                     gt = g[t]
                     dD_sum += gt * ut
                     b_row = Bt[bi, gi, t]
-                    c_row = Ct[bi, gi, t]
-                    db_row = dB_acc[t]
-                    dc_row = dC_acc[t]
-                    dstep = zero
-                    hb = zero
-                    dtu = step * ut
+                    dec = decays[j]
+                    x_prev = xs[j]
+                    h_row = hs[j]
+                    dstep = zero  # d loss / d dt: sum over states of h x_{t-1} decay A
                     for k in range(dstate):
-                        # h = d loss / d x_t: this step's output plus what flows back from x_{t+1}.
-                        hk = carry[k] + gt * c_row[k]
-                        dc_row[k] += gt * xs[j + 1, k]
-                        a = decays[j, k]
-                        dax = hk * xs[j, k] * a  # d loss / d (dt A) for this state
-                        dA_acc[k] += dax * step
-                        dstep += dax * a_row[k]
-                        hb += hk * b_row[k]
-                        db_row[k] += hk * dtu
-                        carry[k] = a * hk
+                        dstep += h_row[k] * x_prev[k] * dec[k] * a_row[k]
+                    hb = zero  # sum over states of h B
+                    for k in range(dstate):
+                        hb += h_row[k] * b_row[k]
                     du_row[t] = gt * d_skip + step * hb
                     ddt_row[t] = dstep + hb * ut
+                for t in range(start, stop):
+                    j = t - start
+                    step = dt[t]
+                    h_row = hs[j]
+                    x_prev = xs[j]
+                    dec = decays[j]
+                    for k in range(dstate):
+                        dA_acc[k] += step * (h_row[k] * x_prev[k] * dec[k])
+                for t in range(start, stop):
+                    j = t - start
+                    dtu = dt[t] * u_row[t]
+                    h_row = hs[j]
+                    db_row = dB_acc[t]
+                    for k in range(dstate):
+                        db_row[k] += dtu * h_row[k]
+                for t in range(start, stop):
+                    gt = g[t]
+                    x_next = xs[t - start + 1]
+                    dc_row = dC_acc[t]
+                    for k in range(dstate):
+                        dc_row[k] += gt * x_next[k]
             # The element-wise ends, vectorised over t.
             if has_z:
                 for t in range(length):

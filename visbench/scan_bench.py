@@ -1,9 +1,12 @@
 """`visbench scan-bench`: time the selective-scan back ends against `ref` and measure their peak memory.
 
 Cases (issue 3, section 5), batch 2, dim 192, N 16, mamba-ssm's input distributions:
-  forward at L 3136, every back end against ref;
+  forward at L 3136, every back end against ref (and mamba-ssm's own selective_scan_ref on CPU);
   forward + backward at L 784 (where ref's backward still finishes), every back end against ref;
   the fast path alone, forward + backward at L 3136 and L 16384.
+On CPU the run ends with the floor of the forward (issue 13): the exponentials and multiply-adds it
+must do and the bytes it must move, at this machine's exp rate, multiply-add rate and memory
+bandwidth measured in the same run, next to the measured time.
 ``--quick`` runs the forward case, a short forward + backward (L 196) and the fast path at L 3136
 (one to two minutes on an idle 2-core machine).
 
@@ -18,6 +21,7 @@ or numba's, in RAM. Where /proc is missing, memory reads "n/a".
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -26,11 +30,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-# The `cpu` back end in its two implementations: numba kernels (the default) and the fallback.
+# The `cpu` back end in its two implementations: numba kernels (the default) and the fallback;
+# `mamba-ref` is mamba-ssm's own selective_scan_ref (the PyTorch reference its users run on CPU).
 VARIANTS = {
     "ref": ("ref", None),
     "cpu": ("cpu", "numba"),
     "cpu-torch": ("cpu", "torch"),
+    "mamba-ref": ("mamba-ref", None),
     "triton": ("triton", None),
     "cuda": ("cuda", None),
 }
@@ -50,16 +56,17 @@ class BenchCase:
 
 def cases(quick: bool, device: str) -> list[BenchCase]:
     fast = ("cpu", "cpu-torch") if device == "cpu" else ("cuda", "triton")
+    others = ("mamba-ref",) if device == "cpu" else ()
     if quick:
         return [
-            BenchCase("forward", "fwd", 2, 192, 16, 3136, ("ref", *fast), 10.0),
+            BenchCase("forward", "fwd", 2, 192, 16, 3136, ("ref", *fast, *others), 10.0),
             # The target of 50x is for L 784; at L 196 ref's L^2 backward has not yet blown up.
             BenchCase("forward+backward", "fwd+bwd", 2, 192, 16, 196, ("ref", *fast)),
             BenchCase("fast path forward+backward", "fwd+bwd", 2, 192, 16, 3136, fast[:1]),
         ]
     return [
-        BenchCase("forward", "fwd", 2, 192, 16, 3136, ("ref", *fast), 10.0),
-        BenchCase("forward+backward", "fwd+bwd", 2, 192, 16, 784, ("ref", *fast), 50.0),
+        BenchCase("forward", "fwd", 2, 192, 16, 3136, ("ref", *fast, *others), 10.0),
+        BenchCase("forward+backward", "fwd+bwd", 2, 192, 16, 784, ("ref", *fast, *others), 50.0),
         BenchCase("fast path forward+backward", "fwd+bwd", 2, 192, 16, 3136, fast[:1]),
         BenchCase("fast path forward+backward", "fwd+bwd", 2, 192, 16, 16384, fast[:1]),
     ]
@@ -106,16 +113,43 @@ def _inputs(batch: int, dim: int, dstate: int, length: int, device: str, grad: b
     return {k: v.to(device).requires_grad_(grad) for k, v in tensors.items()}
 
 
+def mamba_selective_scan_ref():
+    """mamba-ssm's ``selective_scan_ref``, or None when mamba-ssm is not installed.
+
+    Its module imports the compiled ``selective_scan_cuda`` at import; where that build is absent a
+    placeholder module stands in (the reference itself is plain PyTorch). Call in a worker process.
+    """
+    import importlib
+    import types
+
+    for compiled in ("selective_scan_cuda", "causal_conv1d_cuda"):
+        if compiled not in sys.modules:
+            try:
+                importlib.import_module(compiled)
+            except ImportError:
+                sys.modules[compiled] = types.ModuleType(compiled)
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+    except Exception:  # not installed, or broken in this environment: the variant is skipped
+        return None
+
+
 def _run_once(inputs: dict, backend: str, mode: str, device: str) -> None:
+    import functools
+
     import torch
 
     from visbench.kernels import selective_scan
 
+    if backend == "mamba-ref":
+        scan = mamba_selective_scan_ref()
+    else:
+        scan = functools.partial(selective_scan, backend=backend)
     if mode == "fwd":
         with torch.no_grad():
-            selective_scan(**inputs, delta_softplus=True, backend=backend)
+            scan(**inputs, delta_softplus=True)
     else:
-        out = selective_scan(**inputs, delta_softplus=True, backend=backend)
+        out = scan(**inputs, delta_softplus=True)
         out.backward(torch.ones_like(out))
         for t in inputs.values():
             t.grad = None
@@ -180,6 +214,98 @@ def _measure_in_subprocess(variant: str, case: BenchCase, device: str, repeats: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------- the floor
+
+
+def _best_time(fn, repeats: int) -> float:
+    import time as _time
+
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = _time.perf_counter()
+        fn()
+        best = min(best, _time.perf_counter() - t0)
+    return best
+
+
+def measure_rates(repeats: int = 20) -> dict:
+    """This machine's rates now, with torch's thread count (best of ``repeats``).
+
+    ``exp_per_s``: torch.exp over a cache-resident float32 array (1 MiB, so it measures the
+    arithmetic, not memory); ``madd_per_s``: multiply-adds of a 512 x 512 float32 matmul (the FMA
+    units at their best); ``bytes_per_s``: bytes read plus bytes written by a 128 MiB copy.
+    """
+    import torch
+
+    x = -4.0 * torch.rand(1 << 18)
+    y = torch.empty_like(x)
+    exp_s = _best_time(lambda: torch.exp(x, out=y), repeats)
+    m = torch.randn(512, 512)
+    prod = torch.empty_like(m)
+    mm_s = _best_time(lambda: torch.mm(m, m, out=prod), repeats)
+    src = torch.ones(1 << 25)
+    dst = torch.zeros_like(src)
+    copy_s = _best_time(lambda: dst.copy_(src), max(3, repeats // 4))
+    return {
+        "exp_per_s": x.numel() / exp_s,
+        "madd_per_s": 512**3 / mm_s,
+        "bytes_per_s": 2 * src.numel() * src.element_size() / copy_s,
+    }
+
+
+def forward_work(batch: int, dim: int, dstate: int, length: int, has_z: bool = True) -> dict:
+    """What the float32 forward (softplus time step, D skip, z gate as in the benchmark) must do.
+
+    Per state and step: exp(dt A), and the multiply-adds dt * A, decay * x, + (dt u) B, + C x. Per
+    step of a chain: one exponential for softplus and one for the gate's sigmoid. Bytes: u, delta,
+    z read and out written once ((b, d, L) each), B and C read once ((b, N, L) each); nothing else
+    need leave the cache.
+    """
+    steps = batch * dim * length
+    rows = 3 + int(has_z)
+    return {
+        "exps": steps * dstate + steps * (1 + int(has_z)),
+        "madds": 4 * steps * dstate,
+        "bytes": 4 * (rows * steps + 2 * batch * dstate * length),
+    }
+
+
+def floor_seconds(work: dict, rates: dict) -> dict:
+    """Compute time (exponentials, then multiply-adds, on the same units) and memory time; the floor is
+    the larger, as the two can overlap."""
+    compute = work["exps"] / rates["exp_per_s"] + work["madds"] / rates["madd_per_s"]
+    memory = work["bytes"] / rates["bytes_per_s"]
+    return {"compute_s": compute, "memory_s": memory, "floor_s": max(compute, memory)}
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def floor_report(case: BenchCase, measured_s: float, rates: dict, target: float = 3.0) -> tuple[str, dict]:
+    """One paragraph: the forward's floor at the measured rates, next to the measured time."""
+    work = forward_work(case.batch, case.dim, case.dstate, case.length)
+    floor = floor_seconds(work, rates)
+    ratio = measured_s / floor["floor_s"]
+    bound = "compute" if floor["compute_s"] >= floor["memory_s"] else "memory"
+    text = (
+        f"floor of the cpu forward ({case.batch}, {case.dim}, {case.dstate}, {case.length}): "
+        f"{_si(work['exps'], '')} exps at {_si(rates['exp_per_s'], '/s')} (torch.exp) = "
+        f"{1e3 * work['exps'] / rates['exp_per_s']:.1f} ms, "
+        f"{_si(work['madds'], '')} multiply-adds at {_si(rates['madd_per_s'], '/s')} (matmul) = "
+        f"{1e3 * work['madds'] / rates['madd_per_s']:.1f} ms, "
+        f"{work['bytes'] / 2**20:.1f} MiB at {rates['bytes_per_s'] / 2**30:.1f} GiB/s (copy) = "
+        f"{1e3 * floor['memory_s']:.1f} ms; floor {1e3 * floor['floor_s']:.1f} ms ({bound}-bound). "
+        f"Measured {1e3 * measured_s:.1f} ms = {ratio:.1f}x the floor "
+        f"(target <= {target:.0f}x: {'met' if ratio <= target else 'NOT met'})."
+    )
+    return text, {**work, **rates, **floor, "measured_s": measured_s, "floor_ratio": ratio}
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -203,6 +329,8 @@ def _available_variants(device: str) -> set[str]:
 
     names = set(available_backends(device))
     found = {v for v, (backend, _) in VARIANTS.items() if backend in names}
+    if device == "cpu" and importlib.util.find_spec("mamba_ssm") is not None:
+        found.add("mamba-ref")
     if device == "cpu":
         from visbench.kernels import scan_cpu
 
@@ -244,6 +372,7 @@ def run_benchmark(quick: bool, device: str, repeats: int, budget: float, out=sys
     ]
     print("| " + " | ".join([*columns, "target"]) + " |", file=out)
     print("|" + "---|" * 8, file=out)
+    notes = []
     for case in cases(quick, device):
         ref_result = None
         for variant in case.variants:
@@ -277,7 +406,32 @@ def run_benchmark(quick: bool, device: str, repeats: int, budget: float, out=sys
             shape = f"{case.batch}, {case.dim}, {case.dstate}, {case.length}"
             cells = [case.name, shape, variant, timing, speedup, memory, mem_ratio, verdict]
             print("| " + " | ".join(cells) + " |", file=out, flush=True)
+        case_rows = [r for r in rows if r["case"] == case.name and r["shape"][3] == case.length]
+        notes.extend(_case_notes(case, case_rows))
+    if device == "cpu":
+        forward = next(
+            (r for r in rows if r["mode"] == "fwd" and r["variant"] == "cpu" and "error" not in r), None
+        )
+        if forward is not None:
+            case = next(c for c in cases(quick, device) if c.mode == "fwd")
+            text, floor = floor_report(case, forward["seconds"], measure_rates())
+            rows.append({"case": "floor", "mode": "fwd", "variant": "floor", **floor})
+            notes.append(text)
+    for note in notes:
+        print("\n" + note, file=out)
     return rows
+
+
+def _case_notes(case: BenchCase, rows: list[dict]) -> list[str]:
+    """The fast path against mamba-ssm's selective_scan_ref, when both ran in this case."""
+    times = {r["variant"]: r["seconds"] for r in rows if "error" not in r}
+    fast = case.variants[1] if len(case.variants) > 1 else None
+    if "mamba-ref" not in times or fast not in times:
+        return []
+    return [
+        f"{case.name} (L {case.length}): {fast} {1e3 * times[fast]:.1f} ms, mamba-ssm's selective_scan_ref "
+        f"{1e3 * times['mamba-ref']:.1f} ms: {times['mamba-ref'] / times[fast]:.1f}x faster than it."
+    ]
 
 
 # ----------------------------------------------------------------------------- CLI
