@@ -10,7 +10,7 @@ import timm
 
 # Importing the body modules registers their models with timm.
 from visbench.backbones import hierarchical, isotropic, sequence, vit
-from visbench.backbones.naming import describe
+from visbench.backbones.naming import describe, describe_any, tokens_per_stage
 
 # One architecture per module: hierarchical (MambaOut's 4 stages), vit (ViT/DeiT), isotropic (Gated CNN
 # blocks at stride 16, Vim-like), sequence (1-D pixel sequences).
@@ -24,4 +24,4 @@ def list_models() -> list[str]:
     )
 
 
-__all__ = ["describe", "list_models"]
+__all__ = ["describe", "describe_any", "list_models", "tokens_per_stage"]

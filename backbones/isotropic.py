@@ -26,6 +26,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 from visbench.backbones.blocks import GatedBlock
+from visbench.backbones.naming import MODEL_FAMILIES
 from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
 from visbench.backbones.patch_embed import (
     PATCH_SIZE,
@@ -252,12 +253,15 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(
-    variant: str, size: str, pretrained: bool, default_mixer: str, default_order: str | None, **kwargs: Any
-) -> GatedIsotropicNet:
-    """Build the body; a ``mixer=`` without ``order=`` takes that mixer's default order."""
-    mixer = kwargs.setdefault("mixer", default_mixer)
-    kwargs.setdefault("order", default_order if mixer == default_mixer else None)
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> GatedIsotropicNet:
+    """Build ``<stem>_<size>`` with the mixer and order ``naming.MODEL_FAMILIES`` gives its stem.
+
+    A ``mixer=`` without ``order=`` takes that mixer's default order.
+    """
+    stem, _, size = variant.rpartition("_")
+    family = MODEL_FAMILIES[stem]
+    mixer = kwargs.setdefault("mixer", family.mixer)
+    kwargs.setdefault("order", family.order if mixer == family.mixer else None)
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         GatedIsotropicNet,
@@ -272,25 +276,25 @@ def _create(
 @register_model
 def vim_tiny(pretrained: bool = False, **kwargs: Any) -> GatedIsotropicNet:
     """Vim-like: 24 Gated CNN + bidirectional selective-SSM blocks, dim 192."""
-    return _create("vim_tiny", "tiny", pretrained, "ssm", "bidir", **kwargs)
+    return _create("vim_tiny", pretrained, **kwargs)
 
 
 @register_model
 def vim_small(pretrained: bool = False, **kwargs: Any) -> GatedIsotropicNet:
     """Vim-like: 24 Gated CNN + bidirectional selective-SSM blocks, dim 384."""
-    return _create("vim_small", "small", pretrained, "ssm", "bidir", **kwargs)
+    return _create("vim_small", pretrained, **kwargs)
 
 
 @register_model
 def iso_gated_cnn_tiny(pretrained: bool = False, **kwargs: Any) -> GatedIsotropicNet:
     """Isotropic MambaOut: 24 Gated CNN blocks (no sequence operator), dim 192."""
-    return _create("iso_gated_cnn_tiny", "tiny", pretrained, "conv", None, **kwargs)
+    return _create("iso_gated_cnn_tiny", pretrained, **kwargs)
 
 
 @register_model
 def iso_gated_cnn_small(pretrained: bool = False, **kwargs: Any) -> GatedIsotropicNet:
     """Isotropic MambaOut: 24 Gated CNN blocks (no sequence operator), dim 384."""
-    return _create("iso_gated_cnn_small", "small", pretrained, "conv", None, **kwargs)
+    return _create("iso_gated_cnn_small", pretrained, **kwargs)
 
 
 def registered_names() -> Sequence[str]:

@@ -93,6 +93,8 @@ def _sequence_block(
 class PixelSequenceNet(nn.Module):
     """Classifier over an image read as a 1-D sequence of ``H * W`` pixel tokens (row-major)."""
 
+    output_fmt: str = "NLC"  # forward_features gives (B, L, D) tokens, as timm's ViTs declare
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 28,

@@ -34,6 +34,7 @@ from timm.layers import DropPath, Mlp, calculate_drop_path_rates, resample_abs_p
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from visbench.backbones.naming import MODEL_FAMILIES
 from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
 from visbench.backbones.patch_embed import PATCH_SIZE, check_input_size, layer_norm, patch_embed
 
@@ -357,9 +358,11 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(variant: str, size: str, pretrained: bool, causal: bool, **kwargs: Any) -> VisionTransformer:
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
+    """Build ``<stem>_<size>``: the size's widths, causal or not as ``naming.MODEL_FAMILIES`` says."""
+    stem, _, size = variant.rpartition("_")
     out_indices = kwargs.pop("out_indices", 3)
-    model_args = dict(SIZES[size], causal=causal)
+    model_args = dict(SIZES[size], causal=MODEL_FAMILIES[stem].order == "causal")
     return build_model_with_cfg(
         VisionTransformer,
         variant,
@@ -373,37 +376,37 @@ def _create(variant: str, size: str, pretrained: bool, causal: bool, **kwargs: A
 @register_model
 def vit_tiny(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-Ti/16 = DeiT-Ti (5.7M params)."""
-    return _create("vit_tiny", "tiny", pretrained, causal=False, **kwargs)
+    return _create("vit_tiny", pretrained, **kwargs)
 
 
 @register_model
 def vit_small(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-S/16 = DeiT-S (22M params)."""
-    return _create("vit_small", "small", pretrained, causal=False, **kwargs)
+    return _create("vit_small", pretrained, **kwargs)
 
 
 @register_model
 def vit_base(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-B/16 = DeiT-B (86M params)."""
-    return _create("vit_base", "base", pretrained, causal=False, **kwargs)
+    return _create("vit_base", pretrained, **kwargs)
 
 
 @register_model
 def vit_causal_tiny(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-Ti/16 with causal attention over (class token, row-major patches), average-pooled."""
-    return _create("vit_causal_tiny", "tiny", pretrained, causal=True, **kwargs)
+    return _create("vit_causal_tiny", pretrained, **kwargs)
 
 
 @register_model
 def vit_causal_small(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-S/16 with causal attention, average-pooled."""
-    return _create("vit_causal_small", "small", pretrained, causal=True, **kwargs)
+    return _create("vit_causal_small", pretrained, **kwargs)
 
 
 @register_model
 def vit_causal_base(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-B/16 with causal attention, average-pooled."""
-    return _create("vit_causal_base", "base", pretrained, causal=True, **kwargs)
+    return _create("vit_causal_base", pretrained, **kwargs)
 
 
 def registered_names() -> Sequence[str]:

@@ -118,7 +118,7 @@ def test_our_custom_ops_are_counted() -> None:
 
 
 def test_meta_model_counts_like_a_cpu_model() -> None:
-    import visbench.backbones.hierarchical  # noqa: F401  (registers ssm_cross2d_tiny)
+    import visbench.backbones  # noqa: F401  (the registration point)
 
     torch.manual_seed(0)
     cpu = timm.create_model("ssm_cross2d_tiny")

@@ -17,7 +17,6 @@ import timm
 import torch
 from timm.layers import get_channel_dim, get_spatial_dim
 from visbench.backbones import describe, list_models
-from visbench.backbones.sequence import PixelSequenceNet
 
 FORMATS = ("NCHW", "NHWC", "NLC")
 SIZE_ORDER = ("femto", "kobe", "tiny", "small", "base")
@@ -28,21 +27,6 @@ def _smallest_of_each_family(names: list[str]) -> list[str]:
     for name in sorted(names, key=lambda n: SIZE_ORDER.index(n.rsplit("_", 1)[1])):
         stems.setdefault(name.rsplit("_", 1)[0], name)
     return sorted(stems.values())
-
-
-def _params(names: list[str]) -> list:
-    """The names, the 1-D bodies' marked as expected to fail while ``PixelSequenceNet`` declares no
-    ``output_fmt`` (its features are (B, L, D) tokens: ``"NLC"``); the mark goes when it does."""
-    undeclared = pytest.mark.xfail(
-        reason="backbones/sequence.py: PixelSequenceNet declares no output_fmt (its features are NLC)",
-        strict=True,
-    )
-    return [
-        pytest.param(n, marks=undeclared)
-        if describe(n).body == "sequence" and not hasattr(PixelSequenceNet, "output_fmt")
-        else n
-        for n in names
-    ]
 
 
 NAMES = list_models()
@@ -94,7 +78,7 @@ def _assert_maps_match_feature_info(
         assert tuple(fmap.shape[i] for i in get_spatial_dim(fmt)) == _grid(image, entry["reduction"])
 
 
-@pytest.mark.parametrize("name", _params(NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_declared_metadata_is_complete_and_consistent(name: str) -> None:
     with torch.device("meta"):
         model = timm.create_model(name)
@@ -117,7 +101,7 @@ def test_declared_metadata_is_complete_and_consistent(name: str) -> None:
     assert describe(name).body in ("hierarchical", "isotropic", "sequence")
 
 
-@pytest.mark.parametrize("name", _params(SMALLEST))
+@pytest.mark.parametrize("name", SMALLEST)
 def test_forward_features_and_head_agree_with_the_declarations(name: str) -> None:
     model = timm.create_model(name).eval()
     x = _small_input(model)
