@@ -11,6 +11,8 @@ Back ends, behind one ``torch.library`` custom op (``visbench::causal_conv1d``):
 
 - the `causal-conv1d` package's CUDA kernels, when ``x`` is on CUDA and the package with its compiled
   ``causal_conv1d_cuda`` module imports (looked up lazily, never at import of this module);
+- on CPU, numba kernels (``visbench.kernels._causal_conv1d_numba``: one pass per direction, SiLU
+  fused) when numba imports;
 - otherwise a reference through ``F.conv1d`` (groups = dim, left padding ``width - 1``), computed in
   float32 (float64 for float64 inputs) and cast back to ``x.dtype``, like the CUDA kernel.
 
@@ -120,6 +122,72 @@ def causal_conv1d_reference(
     return out.to(x.dtype)
 
 
+# --------------------------------------------------------------------------- CPU kernels (numba)
+
+
+@functools.cache
+def _numba_kernels() -> Any:
+    """``visbench.kernels._causal_conv1d_numba``, or None without numba (the reference runs then)."""
+    try:
+        from visbench.kernels import _causal_conv1d_numba
+
+        return _causal_conv1d_numba
+    except Exception:  # numba missing or broken
+        return None
+
+
+def _use_numba(x: Tensor) -> bool:
+    return x.device.type == "cpu" and _numba_kernels() is not None
+
+
+def _numpy(t: Tensor) -> Any:
+    return t.detach().numpy()
+
+
+def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """x in the compute dtype (any strides, L unit-stride), weight and bias contiguous, and the kernels."""
+    dtype = _compute_dtype(x, weight, bias)
+    x = x.to(dtype)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    weight = weight.to(dtype).contiguous()
+    bias = weight.new_zeros(1) if bias is None else bias.to(dtype).contiguous()
+    from visbench.kernels import _scan_cpu_numba
+
+    _scan_cpu_numba.set_threads(torch.get_num_threads())
+    return x, weight, bias, _numba_kernels()
+
+
+def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    xc, w, b, kern = _cpu_operands(x, weight, bias)
+    out = xc.new_empty(xc.shape)
+    kern.kernel("conv_fwd", _numpy(out).dtype)(
+        _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
+    )
+    return out.to(x.dtype)
+
+
+def _cpu_backward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    xc, w, b, kern = _cpu_operands(x, weight, bias)
+    grad = dout.to(xc.dtype)
+    grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+    dx, dweight, dbias = xc.new_empty(xc.shape), w.new_empty(w.shape), w.new_empty(w.shape[0])
+    kern.kernel("conv_bwd", _numpy(dx).dtype)(
+        _numpy(xc),
+        _numpy(w),
+        _numpy(b),
+        bias is not None,
+        silu,
+        _numpy(grad),
+        _numpy(dx),
+        _numpy(dweight),
+        _numpy(dbias),
+    )
+    dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias.to(bias.dtype)
+    return dx.to(x.dtype), dweight.to(weight.dtype), dbias
+
+
 # --------------------------------------------------------------------------- custom ops
 
 
@@ -130,6 +198,8 @@ def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool
         x = x if x.stride(-1) == 1 else x.contiguous()
         bias = None if bias is None else bias.contiguous()
         return fwd(x, weight.contiguous(), bias, None, None, None, silu).contiguous()
+    if _use_numba(x):
+        return _cpu_forward(x, weight, bias, silu)
     return causal_conv1d_reference(x, weight, bias, "silu" if silu else None).contiguous()
 
 
@@ -152,6 +222,8 @@ def _causal_conv1d_bwd_op(
         if dbias is None:
             dbias = weight.new_zeros((weight.shape[0],))
         return dx.contiguous(), dweight, dbias
+    if _use_numba(x):
+        return _cpu_backward(x, weight, bias, dout, silu)
 
     dim, width = weight.shape
     seqlen = x.shape[-1]

@@ -101,6 +101,26 @@ def test_channel_last_strides_give_the_same_result():
     assert out.is_contiguous()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last", "sliced", "time_strided"])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_cpu_kernels_match_reference_gradients_in_every_layout(layout, activation):
+    """The CPU path (numba kernels when numba imports) against the F.conv1d definition, through autograd."""
+    x, weight, bias = _inputs(dim=6, width=4, seqlen=37, dtype=torch.float32, with_bias=True, batch=3)
+    relayout = {
+        "contiguous": lambda t: t,
+        "channel_last": lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+        "sliced": lambda t: t.repeat_interleave(2, dim=1)[:, ::2],
+        "time_strided": lambda t: t.repeat_interleave(2, dim=2)[..., ::2],
+    }[layout]
+    dout = torch.randn(3, 6, 37, generator=torch.Generator().manual_seed(3))
+    results = []
+    for fn in (causal_conv1d, causal_conv1d_reference):
+        out = fn(relayout(x), weight, bias, activation)
+        results.append((out, *torch.autograd.grad(out, (x, weight, bias), dout)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=3e-5, atol=1e-5 * max(1.0, float(want.abs().max())))
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_custom_op_registrations_pass_opcheck(with_bias):
     x, weight, bias = _inputs(dim=4, width=3, seqlen=9, dtype=torch.float32, with_bias=with_bias)
