@@ -98,12 +98,10 @@ def load_study_config(
 
 
 def _body(model: str) -> str:
-    from visbench.backbones.naming import describe
+    """The body a model name stands for (``naming.describe_any``; ``unknown`` takes no body kwargs)."""
+    from visbench.backbones.naming import describe_any
 
-    try:
-        return describe(model).body
-    except ValueError:
-        return "hierarchical"
+    return describe_any(model).body
 
 
 def _train_mapping(
