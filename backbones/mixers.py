@@ -140,15 +140,17 @@ class SelectiveScanOperator(nn.Module):
         b, h, w, c = x.shape
         xs = self.front(x)  # (B, K, C, L)
         k, length, r, n = xs.shape[1], h * w, self.dt_rank, self.d_state
-        x_dbl = torch.einsum("bkcl,kdc->bkdl", xs, self.x_proj_weight)
+        # Route-batched matmuls give (B, K, ., L) outputs with L unit-stride, the layout the scan reads
+        # as it is (einsum's output was a permuted view, copied twice: here and in its backward).
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kcr->bkcl", dts, self.dt_proj_weight)
-        y = selective_scan(
+        dts = torch.matmul(self.dt_proj_weight, dts)  # (B, K, C, L)
+        y = selective_scan(  # B, C as views: the op copies them at most once, into its own layout
             xs.reshape(b, k * c, length),
             dts.reshape(b, k * c, length),
             -torch.exp(self.A_log.float()),
-            bs.contiguous(),
-            cs.contiguous(),
+            bs,
+            cs,
             self.D.float(),
             delta_bias=self.dt_proj_bias.float(),
             delta_softplus=True,
