@@ -101,6 +101,9 @@ def test_run_writes_metrics_lines_result_and_checkpoint(tmp_path: Path, fashion_
     assert meta["model"] == "gated_cnn_tiny"
     for key, value in outcome.model.state_dict().items():
         assert torch.equal(weights[key], value)
+    result = read_result(tmp_path / "result.json")
+    # both MAC conventions: fvcore's also counts the LayerNorms, so it is the larger
+    assert result["macs"] > 0 and result["extra"]["macs_fvcore"] > result["macs"]
 
 
 def test_missing_dataset_names_path_and_layout(tmp_path: Path) -> None:

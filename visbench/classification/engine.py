@@ -180,18 +180,21 @@ def evaluate(
     )
 
 
-def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int | None]:
-    """Parameters and MACs (batch 1) through ``visbench.backbones.complexity`` when it is available."""
-    try:
-        from visbench.backbones.complexity import count_macs, count_params
-    except ImportError:
-        return sum(p.numel() for p in model.parameters()), None
-    params = int(count_params(model))
-    try:
-        macs = int(count_macs(model, input_size))
-    except Exception:  # a MAC counter failure must not lose a finished training run
-        macs = None
-    return params, macs
+def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, int | None]:
+    """``params``, ``macs`` (PyTorch's convention) and ``macs_fvcore`` (fvcore's: norms counted too).
+
+    Batch 1, through ``visbench.backbones.complexity``; a counter failure gives None for that count
+    rather than losing a finished run.
+    """
+    from visbench.backbones.complexity import count_macs, count_params
+
+    counts: dict[str, int | None] = {"params": int(count_params(model))}
+    for key, convention in (("macs", "torch"), ("macs_fvcore", "fvcore")):
+        try:
+            counts[key] = int(count_macs(model, input_size, convention=convention))
+        except Exception:  # a MAC counter failure must not lose a finished training run
+            counts[key] = None
+    return counts
 
 
 def mixer_tokens(model_name: str, input_size: list[int]) -> int | None:

@@ -58,7 +58,7 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str | Path, ema: bool = Fa
     )
     amp = resolve_amp(cfg.train.amp, device)
     result = evaluate(model, loader, Runtime(device, amp, cfg.train.channels_last, info))
-    params, macs = count_params_and_macs(model, (cfg.data.in_chans, *cfg.data.input_size))
+    counts = count_params_and_macs(model, (cfg.data.in_chans, *cfg.data.input_size))
     return {
         "weights": str(path),
         "top1": result.top1,
@@ -67,8 +67,7 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str | Path, ema: bool = Fa
         "images": result.count,
         "skipped_images": result.skipped,
         "img_per_s": result.img_per_s,
-        "params": params,
-        "macs": macs,
+        **counts,
         "device": str(device),
         "amp": str(amp).replace("torch.", "") if amp else None,
         "is_main": info.is_main,
@@ -128,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             device=metrics["device"],
             amp=metrics["amp"],
             extra={
+                "macs_fvcore": metrics["macs_fvcore"],
                 "weights": metrics["weights"],
                 "val_images": metrics["images"],
                 "source_config": config_path,

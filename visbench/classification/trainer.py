@@ -686,7 +686,7 @@ def write_result(state: TrainState, config_path: str | Path | None) -> dict[str,
 
     cfg, rt, last_eval = state.cfg, state.runtime, state.last_eval
     amp = str(rt.amp).replace("torch.", "") if rt.amp else None
-    params, macs = count_params_and_macs(state.model, (cfg.data.in_chans, *cfg.data.input_size))
+    counts = count_params_and_macs(state.model, (cfg.data.in_chans, *cfg.data.input_size))
     metrics: dict[str, Any] = {
         "top1": round(last_eval.top1, 4),
         "top5": round(last_eval.top5, 4),
@@ -709,8 +709,8 @@ def write_result(state: TrainState, config_path: str | Path | None) -> dict[str,
         task="classification",
         dataset=cfg.data.dataset,
         input_size=cfg.data.input_size,
-        params=params,
-        macs=macs,
+        params=counts["params"],
+        macs=counts["macs"],
         metrics=metrics,
         start_time=state.start_time,
         seed=cfg.train.seed,
@@ -720,6 +720,7 @@ def write_result(state: TrainState, config_path: str | Path | None) -> dict[str,
         device=str(rt.device),
         amp=amp,
         extra={
+            "macs_fvcore": counts["macs_fvcore"],
             "epochs": cfg.sched.epochs,
             "global_steps": state.counters.global_step,
             "epoch_train_loss": [round(x, 6) for x in state.counters.epoch_losses],
