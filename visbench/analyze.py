@@ -91,17 +91,13 @@ class ModelAnalysis:
 # --------------------------------------------------------------------------------------- model shape
 
 
-def register_our_models() -> None:
-    """Register every visbench model with timm: ``import visbench.backbones``, the one registration point."""
-    import visbench.backbones  # noqa: F401
-
-
 def build_meta_model(name: str) -> Any:
     """``timm.create_model(name)`` on the meta device: shapes only, no memory, no init cost."""
     import timm
     import torch
 
-    register_our_models()
+    import visbench.backbones  # noqa: F401  (the registration point)
+
     if not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm (ours: gated_cnn_tiny, vit_small, ...)")
     with torch.device("meta"):

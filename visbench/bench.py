@@ -133,10 +133,9 @@ def check_model_names(names: Sequence[str]) -> None:
     """``ValueError`` naming the first unknown model and the closest registered names."""
     import timm
 
-    from visbench.analyze import register_our_models
+    import visbench.backbones  # noqa: F401  (the registration point)
     from visbench.cli import unknown_model_message
 
-    register_our_models()
     for name in names:
         if not timm.is_model(name):
             raise ValueError(unknown_model_message(name))
@@ -186,9 +185,8 @@ def build_model(name: str, size: tuple[int, int], device: Any, in_chans: int = 3
     """timm / visbench model at ``size`` (models with a fixed input size are built for it)."""
     import timm
 
-    from visbench.analyze import register_our_models
+    import visbench.backbones  # noqa: F401  (the registration point)
 
-    register_our_models()
     if not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm")
     try:
