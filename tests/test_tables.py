@@ -172,7 +172,7 @@ def test_long_short_and_bench_tables(out: tuple[Path, list[Path]]) -> None:
         [
             "MambaOut-Tiny",
             "conv",
-            "none",
+            "full",
             "coco",
             "800×1280",
             "43.0",
@@ -346,7 +346,7 @@ def test_segmentation_table_from_shipped_reference_rows() -> None:
         [
             "MambaOut-Small",
             "conv",
-            "none",
+            "full",
             "ade20k",
             "512×2048",
             "76.0",
@@ -362,7 +362,7 @@ def test_segmentation_table_from_shipped_reference_rows() -> None:
     assert any("UperNet" in n and "512×2048" in n for n in table.notes)
     assert any("does not run segmentation" in n for n in table.notes)
     md = tables.to_markdown(table)
-    assert "| MambaOut-Small | conv | none | ade20k | 512×2048 | 76.0 | 1032 | 49.5 | 50.6 |" in md
+    assert "| MambaOut-Small | conv | full | ade20k | 512×2048 | 76.0 | 1032 | 49.5 | 50.6 |" in md
     assert "mIoU SS (\\%)" in tables.to_latex(table)
 
 
