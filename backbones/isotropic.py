@@ -25,9 +25,10 @@ from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from visbench.backbones.block_stack import BlockStackAPI
 from visbench.backbones.blocks import GatedBlock
 from visbench.backbones.naming import MODEL_FAMILIES
-from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
+from visbench.backbones.param_tags import exclude_from_weight_decay
 from visbench.backbones.patch_embed import (
     PATCH_SIZE,
     check_input_size,
@@ -42,7 +43,7 @@ PoolType = Literal["avg", "last", ""]
 _POOLS = ("avg", "last", "")
 
 
-class GatedIsotropicNet(nn.Module):
+class GatedIsotropicNet(BlockStackAPI, nn.Module):
     """Isotropic body of Gated CNN blocks with a pluggable sequence operator, on the (H/16, W/16) map.
 
     ``mixer``/``order`` go to ``GatedBlock`` (``mixer="conv"`` is the plain Gated CNN block;
@@ -109,40 +110,8 @@ class GatedIsotropicNet(nn.Module):
 
     # -- timm model API ----------------------------------------------------------------------------
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
-        return no_weight_decay_names(self)
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: PoolType | None = None) -> None:
-        if global_pool is not None:
-            self._check_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop blocks after the last wanted index (timm's features_only path calls this)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
 
     # -- forward -----------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,10 @@ from timm.layers import LayerNorm, calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from visbench.backbones.block_stack import BlockStackAPI
 from visbench.backbones.blocks import GatedBlock
 from visbench.backbones.naming import MODEL_FAMILIES
-from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
+from visbench.backbones.param_tags import exclude_from_weight_decay
 from visbench.kernels import causal_conv1d
 
 __all__ = ["CausalConvOperator", "PixelSequenceNet", "is_causal_order"]
@@ -90,7 +91,7 @@ def _sequence_block(
     return GatedBlock(dim, mixer=mixer, order=order, drop_path=drop_path, **block_kwargs)
 
 
-class PixelSequenceNet(nn.Module):
+class PixelSequenceNet(BlockStackAPI, nn.Module):
     """Classifier over an image read as a 1-D sequence of ``H * W`` pixel tokens (row-major)."""
 
     output_fmt: str = "NLC"  # forward_features gives (B, L, D) tokens, as timm's ViTs declare
@@ -115,8 +116,7 @@ class PixelSequenceNet(nn.Module):
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if global_pool is None:
             global_pool = "last" if is_causal_order(order) else "avg"
-        if global_pool not in _POOLS:
-            raise ValueError(f"global_pool must be one of {_POOLS}, got {global_pool!r}")
+        self._check_pool(global_pool)
         self.img_size = size
         self.seq_len = size[0] * size[1]
         self.mixer, self.order = mixer, order
@@ -150,42 +150,15 @@ class PixelSequenceNet(nn.Module):
                 trunc_normal_(linear.weight, std=0.02)
                 nn.init.zeros_(linear.bias)
 
-    # -- timm model API ----------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
-        return no_weight_decay_names(self)
+    @staticmethod
+    def _check_pool(global_pool: str) -> None:
+        if global_pool not in _POOLS:
+            raise ValueError(f"global_pool must be one of {_POOLS}, got {global_pool!r}")
 
+    # -- timm model API ----------------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^embed|pos_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: PoolType | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in _POOLS:
-                raise ValueError(f"global_pool must be one of {_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
 
     # -- forward -----------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,9 @@ from timm.layers import DropPath, Mlp, calculate_drop_path_rates, resample_abs_p
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from visbench.backbones.block_stack import BlockStackAPI
 from visbench.backbones.naming import MODEL_FAMILIES
-from visbench.backbones.param_tags import exclude_from_weight_decay, no_weight_decay_names
+from visbench.backbones.param_tags import exclude_from_weight_decay
 from visbench.backbones.patch_embed import PATCH_SIZE, check_input_size, layer_norm, patch_embed
 
 __all__ = ["SelfAttention", "ViTBlock", "VisionTransformer", "checkpoint_filter_fn"]
@@ -108,7 +109,7 @@ class ViTBlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(BlockStackAPI, nn.Module):
     """ViT/DeiT with SDPA attention; the state dict equals timm's ``VisionTransformer`` of the same size."""
 
     num_prefix_tokens: int = 1  # the class token
@@ -187,42 +188,10 @@ class VisionTransformer(nn.Module):
 
     # -- timm model API ----------------------------------------------------------------------------
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameters tagged where they are created (``visbench.backbones.param_tags``)."""
-        return no_weight_decay_names(self)
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: PoolType | None = None) -> None:
-        if global_pool is not None:
-            self._check_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop blocks after the last wanted index (timm's features_only path calls this)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
 
     # -- forward -----------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
