@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 from numba.core import types
-from visbench.kernels._scan_cpu_numba import KERNEL_LOCK, one_like, set_threads, sigmoid, zero_like
+from visbench.kernels._scan_cpu_numba import one_like, set_threads, sigmoid, zero_like
 
 
 @njit(inline="always", fastmath=True)
@@ -126,4 +126,4 @@ def kernel(name: str, dtype: np.dtype):
     return fn
 
 
-__all__ = ["KERNEL_LOCK", "conv_bwd", "conv_fwd", "kernel", "set_threads"]
+__all__ = ["conv_bwd", "conv_fwd", "kernel", "set_threads"]

@@ -29,24 +29,12 @@ Absent inputs (z, D, delta_bias) are 1-element dummies with a has_* flag.
 from __future__ import annotations
 
 import math
-import os
-import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
-
-# ----------------------------------------------------------------------------- threads
-# numba's default OpenMP layer keeps its own pool of spinning threads next to torch's (another copy
-# of libgomp): after each kernel, torch ops on the same cores ran up to 100x slower (a 0.04 ms copy
-# took 8 ms; a small scan forward + backward 36 ms against 5.6 ms). The workqueue layer's threads
-# sleep between kernels. It must not be entered from two threads at once, hence KERNEL_LOCK, which
-# every caller of these kernels holds. NUMBA_THREADING_LAYER, when set, wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-KERNEL_LOCK = threading.Lock()
 
 # ----------------------------------------------------------------------------- exp that vectorises
 # The decay exp(dt * A) is the hot spot: N of them per step. LLVM (without Intel's SVML, which
@@ -525,7 +513,6 @@ def set_threads(n: int) -> None:
 
 
 __all__ = [
-    "KERNEL_LOCK",
     "fast_exp",
     "kernel",
     "reduce_transpose",

@@ -157,11 +157,10 @@ def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tenso
 def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     xc, w, b, kern = _cpu_operands(x, weight, bias)
     out = xc.new_empty(xc.shape)
-    with kern.KERNEL_LOCK:  # numba's workqueue threads: one caller at a time (see _scan_cpu_numba)
-        kern.set_threads(torch.get_num_threads())
-        kern.kernel("conv_fwd", _numpy(out).dtype)(
-            _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
-        )
+    kern.set_threads(torch.get_num_threads())
+    kern.kernel("conv_fwd", _numpy(out).dtype)(
+        _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
+    )
     return out.to(x.dtype)
 
 
@@ -172,19 +171,18 @@ def _cpu_backward(
     grad = dout.to(xc.dtype)
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
     dx, dweight, dbias = xc.new_empty(xc.shape), w.new_empty(w.shape), w.new_empty(w.shape[0])
-    with kern.KERNEL_LOCK:
-        kern.set_threads(torch.get_num_threads())
-        kern.kernel("conv_bwd", _numpy(dx).dtype)(
-            _numpy(xc),
-            _numpy(w),
-            _numpy(b),
-            bias is not None,
-            silu,
-            _numpy(grad),
-            _numpy(dx),
-            _numpy(dweight),
-            _numpy(dbias),
-        )
+    kern.set_threads(torch.get_num_threads())
+    kern.kernel("conv_bwd", _numpy(dx).dtype)(
+        _numpy(xc),
+        _numpy(w),
+        _numpy(b),
+        bias is not None,
+        silu,
+        _numpy(grad),
+        _numpy(dx),
+        _numpy(dweight),
+        _numpy(dbias),
+    )
     dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias.to(bias.dtype)
     return dx.to(x.dtype), dweight.to(weight.dtype), dbias
 

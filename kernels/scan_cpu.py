@@ -116,8 +116,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool
     batch, dim, length = u.shape
     out = u.new_empty(batch, dim, length)
     last_state = u.new_empty(batch, dim, A.shape[1])
-    with kern.KERNEL_LOCK:
-        _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
+    _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
     return out, last_state
 
 
@@ -173,37 +172,36 @@ def selective_scan_bwd(
     dD_part, dbias_part = u.new_empty(batch, dim), u.new_empty(batch, dim)
     dtype = _numpy(du).dtype
     dB, dC = u.new_empty(B.shape), u.new_empty(C.shape)
-    with kern.KERNEL_LOCK:
-        kern.set_threads(torch.get_num_threads())
-        kern.kernel("scan_bwd", dtype)(
-            _numpy(_along_time(dout)),
-            _numpy(_along_time(u)),
-            _numpy(_along_time(delta)),
-            _numpy(_optional(delta_bias, u, 1)),
-            delta_bias is not None,
-            bool(delta_softplus),
-            _numpy(A.contiguous()),
-            _numpy(_bt(B)),
-            _numpy(_bt(C)),
-            _numpy(_optional(D, u, 1)),
-            D is not None,
-            _numpy(_optional(z, u, 3)),
-            z is not None,
-            chunk,
-            n_blocks,
-            _numpy(du),
-            _numpy(ddelta),
-            _numpy(dz),
-            _numpy(dA_part),
-            _numpy(dBt_part),
-            _numpy(dCt_part),
-            _numpy(dD_part),
-            _numpy(dbias_part),
-        )
-        # dB, dC summed over the blocks of dims and written in B's (b, g, N, L) layout by one kernel.
-        reduce = kern.kernel("reduce_transpose", dtype)
-        reduce(_numpy(dBt_part), _numpy(dB))
-        reduce(_numpy(dCt_part), _numpy(dC))
+    kern.set_threads(torch.get_num_threads())
+    kern.kernel("scan_bwd", dtype)(
+        _numpy(_along_time(dout)),
+        _numpy(_along_time(u)),
+        _numpy(_along_time(delta)),
+        _numpy(_optional(delta_bias, u, 1)),
+        delta_bias is not None,
+        bool(delta_softplus),
+        _numpy(A.contiguous()),
+        _numpy(_bt(B)),
+        _numpy(_bt(C)),
+        _numpy(_optional(D, u, 1)),
+        D is not None,
+        _numpy(_optional(z, u, 3)),
+        z is not None,
+        chunk,
+        n_blocks,
+        _numpy(du),
+        _numpy(ddelta),
+        _numpy(dz),
+        _numpy(dA_part),
+        _numpy(dBt_part),
+        _numpy(dCt_part),
+        _numpy(dD_part),
+        _numpy(dbias_part),
+    )
+    # dB, dC summed over the blocks of dims and written in B's (b, g, N, L) layout by one kernel.
+    reduce = kern.kernel("reduce_transpose", dtype)
+    reduce(_numpy(dBt_part), _numpy(dB))
+    reduce(_numpy(dCt_part), _numpy(dC))
     dD = dD_part.sum(0) if D is not None else None
     ddelta_bias = dbias_part.sum(0) if delta_bias is not None else None
     return du, ddelta, dA_part.sum(0), dB, dC, dD, dz if z is not None else None, ddelta_bias
