@@ -508,8 +508,17 @@ def kernel(name: str, dtype: np.dtype):
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` threads (capped at numba's pool size) for the next kernel calls."""
+    """Use ``n`` threads (capped at numba's pool size) for the next kernel calls, ``n`` being torch's count.
+
+    The first call starts numba's OpenMP pool, which sets the process's OpenMP thread count to the pool
+    size (``NUMBA_NUM_THREADS``, the core count); torch reads that count as its own, so a run asked for
+    one thread (``OMP_NUM_THREADS=1``) went on with two. Put torch's back.
+    """
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    import torch  # the callers hold torch; imported here so that the kernels module itself needs none
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 __all__ = [

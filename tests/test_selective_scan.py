@@ -397,3 +397,25 @@ def test_torch_compile_fullgraph():
     expected_grads = torch.autograd.grad(expected.sum(), args)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_the_cpu_kernels_leave_torch_thread_count_as_asked() -> None:
+    # Starting numba's OpenMP pool sets the process's OpenMP thread count to the pool size, which torch
+    # reads as its own; a fresh process (the pool is process-wide) asked for one thread must keep one.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from visbench.kernels import causal_conv1d, selective_scan\n"
+        "u = torch.randn(1, 4, 16, requires_grad=True)\n"
+        "args = (torch.rand(1, 4, 16), -torch.rand(4, 4), torch.randn(1, 4, 16), torch.randn(1, 4, 16))\n"
+        "selective_scan(u, *args, backend='cpu').sum().backward()\n"
+        "causal_conv1d(torch.randn(1, 4, 16, requires_grad=True), torch.randn(4, 4), activation='silu')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2", VISBENCH_SCAN_CPU_IMPL="numba")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1", out.stdout
