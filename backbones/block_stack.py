@@ -2,8 +2,8 @@
 1-D pixel-sequence body.
 
 Each of those classes has ``blocks``, ``norm``, ``head``, ``embed_dim``, ``global_pool``,
-``grad_checkpointing`` and its own ``_check_pool(global_pool)``; the methods below are what timm's
-``features_only``, fine-tuning and optimizer factory call on them, written once.
+``grad_checkpointing`` and its own ``_check_pool(global_pool)``; the methods below (the head and forward,
+and what timm's ``features_only``, fine-tuning and optimizer factory call) are written once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ class BlockStackAPI:
 
     def _check_pool(self, global_pool: str) -> None:  # pragma: no cover - every body defines its own
         raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (``self.pool``, the body's own) through dropout and the classifier."""
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The one forward of every flat body: its own ``forward_features``, then the head."""
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

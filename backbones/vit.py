@@ -226,13 +226,6 @@ class VisionTransformer(BlockStackAPI, nn.Module):
             return x[:, -1]
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.pool(x))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def forward_intermediates(
         self,
         x: torch.Tensor,

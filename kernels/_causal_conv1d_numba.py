@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 from numba.core import types
-from visbench.kernels._scan_cpu_numba import one_like, set_threads, sigmoid, zero_like
+from visbench.kernels._scan_cpu_numba import compiled_for, one_like, set_threads, sigmoid, zero_like
 
 
 @njit(inline="always", fastmath=True)
@@ -116,14 +116,7 @@ def kernel(name: str, dtype: np.dtype):
     """The kernel compiled (or loaded from numba's cache) for ``dtype``, one signature per dtype."""
     scalar = numba.from_dtype(np.dtype(dtype))
     sig = tuple(types.boolean if a == "b" else types.Array(scalar, int(a[1]), a[0]) for a in _ARGS[name])
-    fn = _KERNELS[name]
-    if sig not in fn.overloads:
-        fn.disable_compile(False)
-        try:
-            fn.compile(sig)
-        finally:
-            fn.disable_compile()
-    return fn
+    return compiled_for(_KERNELS[name], sig)
 
 
 __all__ = ["conv_bwd", "conv_fwd", "kernel", "set_threads"]

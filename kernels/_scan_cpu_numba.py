@@ -496,8 +496,11 @@ def kernel(name: str, dtype: np.dtype):
     Compilation is switched off between calls, so (b, d, L) arrays of any layout use this one
     version (numba converts a contiguous array to 'A') instead of compiling one per layout.
     """
-    fn = _KERNELS[name]
-    sig = _signature(name, dtype)
+    return compiled_for(_KERNELS[name], _signature(name, dtype))
+
+
+def compiled_for(fn, sig: tuple):
+    """``fn`` with ``sig`` compiled (or loaded from numba's cache), compilation off again afterwards."""
     if sig not in fn.overloads:
         fn.disable_compile(False)
         try:
@@ -522,6 +525,7 @@ def set_threads(n: int) -> None:
 
 
 __all__ = [
+    "compiled_for",
     "fast_exp",
     "kernel",
     "reduce_transpose",
