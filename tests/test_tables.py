@@ -101,12 +101,28 @@ def test_generate_writes_every_table_in_three_formats_and_plots(out: tuple[Path,
     for table in ("classification", "detection", "segmentation", "causal", "long_short", "bench"):
         assert {f"{table}.md", f"{table}.tex", f"{table}.csv"} <= names
     for plot in ("accuracy_vs_macs", "throughput_vs_resolution", "r_vs_resolution"):
-        for suffix in (".png", ".svg"):
+        for suffix in (".png", ".pdf"):  # PDF is the vector copy (SVG no longer written)
             path = tmp_path / f"{plot}{suffix}"
             assert path.stat().st_size > 1000, path
+            assert path.name in names
+        assert not (tmp_path / f"{plot}.svg").exists()
     assert "summary.md" in names
     summary = (tmp_path / "summary.md").read_text()
     assert "### Semantic segmentation" in summary and "| MambaOut-Small |" in summary
+
+
+def test_markdown_shows_and_links_the_figures(out: tuple[Path, list[Path]]) -> None:
+    tmp_path = out[0]
+    summary = (tmp_path / "summary.md").read_text()
+    for plot, table in (
+        ("accuracy_vs_macs", "classification"),
+        ("throughput_vs_resolution", "bench"),
+        ("r_vs_resolution", "long_short"),
+    ):
+        assert f"]({plot}.png)" in summary and f"([PDF]({plot}.pdf))" in summary
+        md = (tmp_path / f"{table}.md").read_text()
+        assert f"]({plot}.png)" in md and f"]({plot}.pdf)" in md, table
+    assert "](accuracy_vs_macs.png)" not in (tmp_path / "bench.md").read_text()
 
 
 def test_classification_table_structure_and_markers(out: tuple[Path, list[Path]]) -> None:

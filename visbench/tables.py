@@ -18,8 +18,10 @@ Tables written (each as ``.md``, ``.tex``, ``.csv``):
 - ``bench``: MACs (both conventions), engine, throughput, train throughput, peak memory per model and
   input size, and the speed ratio to the partner of a paired run.
 
-Plots (PNG and SVG): accuracy vs MACs, throughput vs resolution per family, r vs resolution with the
-r = 1 line. ``summary.md`` gathers all Markdown tables. :func:`generate` is what ``visbench study`` calls.
+Figures (PNG at 300 dpi and vector PDF, in :mod:`visbench.figures`' style): accuracy vs MACs (one panel
+per dataset and source), throughput vs resolution, r vs resolution with the r = 1 line (identical curves
+merged). ``summary.md`` gathers all Markdown tables and shows the figures; each table's ``.md`` shows the
+figure that draws it. :func:`generate` is what ``visbench study`` calls.
 """
 
 from __future__ import annotations
@@ -550,103 +552,429 @@ def write_table(t: Table, out_dir: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------- plots
+#
+# One figure per question, in the style of visbench.figures (a family's colour and marker are the same
+# in every figure): each ``*_figure`` function builds the figure at a width ("column" or "full") and
+# returns it, so the tests can check it for overlapping text; each ``plot_*`` function saves it as PNG +
+# PDF at the width it is meant to be printed at.
+
+DATASET_NAMES = {
+    "fashion_mnist": "Fashion-MNIST",
+    "imagenet": "ImageNet-1k",
+    "coco": "COCO",
+    "ade20k": "ADE20K",
+}
+FIGURES = {  # stem -> (caption, the table it illustrates)
+    "accuracy_vs_macs": (
+        "Top-1 accuracy vs MACs per image, one panel per dataset and source",
+        "classification",
+    ),
+    "throughput_vs_resolution": ("Inference throughput vs input resolution", "bench"),
+    "r_vs_resolution": (
+        "r = L / 6D vs input resolution: when a task becomes long (MambaOut Eq. 6)",
+        "long_short",
+    ),
+}
+
+
+def _dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
 
 
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
+    """PNG (300 dpi) + PDF (vector); SVG is no longer written: the PDF is the vector copy."""
+    from visbench.figures import save_figure
 
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    fig.tight_layout()
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, stem)
 
 
-def plot_accuracy_vs_macs(rows: list[Row], out_dir: Path) -> list[Path]:
-    import matplotlib
+def _ci95(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(low, high) of the 95% t-interval over seeds (the verdicts' interval); None below two seeds."""
+    from visbench.verdicts import t_interval
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    iv = t_interval(values, 0.95)
+    return iv.ci_low, iv.ci_high
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    by_dataset: dict[str, list[Row]] = defaultdict(list)
+
+def _strip_common_size(names: Sequence[str]) -> tuple[list[str], str]:
+    """Drop a ``_<size>`` suffix that all names share: (short names, the size or "")."""
+    from visbench.backbones.naming import SIZES
+
+    sizes = {n.rpartition("_")[2] for n in names}
+    if len(sizes) == 1 and (size := next(iter(sizes))) in SIZES and all("_" in n for n in names):
+        return [n.rpartition("_")[0] for n in names], size
+    return list(names), ""
+
+
+def _pareto_first(points: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Points ``(cost, accuracy, ...)`` on the front first (by cost), then the rest by accuracy."""
+    front, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    rest = sorted((p for p in points if p not in front), key=lambda p: -p[1])
+    return front + rest
+
+
+def _family_legend(fig: Any, families: Iterable[str], orders: Iterable[str], max_cols: int = 7) -> Any:
+    """A figure legend below the axes: one entry per family (fixed style, fixed order), then the key of
+    the marker fills for the scan / attention orders present."""
+    from matplotlib.lines import Line2D
+
+    from visbench.figures import FAMILY_STYLES, ORDER_FILLS, family_of
+
+    present = {family_of(f or "unknown") for f in families}
+    handles = []
+    for fam, st in FAMILY_STYLES.items():
+        if fam in present:
+            handles.append(Line2D([], [], color=st.color, marker=st.marker, linestyle="none", label=st.label))
+    for order, fill in ORDER_FILLS.items():
+        if order in set(orders) and len(set(orders) & set(ORDER_FILLS)) > 1:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="black",
+                    marker="o",
+                    linestyle="none",
+                    label=order,
+                    fillstyle="full" if fill == "none" else fill,
+                    markerfacecolor="white" if fill == "none" else "black",
+                    markerfacecoloralt="white",
+                )
+            )
+    return fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), max_cols))
+
+
+def accuracy_vs_macs_figure(rows: list[Row], width: str | float = "full") -> Any:
+    """Top-1 vs MACs, one panel per (dataset, measured / published): never two such sets on one axis.
+
+    Measured points carry 95% CIs over seeds; a few points are labelled (the accuracy / MACs front
+    first) where a label fits; colours and markers are the families'.
+    """
+    from visbench.figures import (
+        figure_style,
+        figure_width,
+        fit_titles,
+        model_style,
+        new_figure,
+        place_labels,
+        set_title,
+    )
+
+    panels: dict[tuple[bool, str], list[Row]] = defaultdict(list)
+    seen: set[tuple[Any, ...]] = set()
     for r in rows:
-        if r.task == "classification" and r.macs and r.metric("top1")[0] is not None:
-            by_dataset[f"{r.dataset} ({'measured' if r.measured else 'published'})"].append(r)
-    for label, members in sorted(by_dataset.items()):
-        # fvcore's count where there is one: the published rows' convention, so like is plotted with like
-        xs = [(r.macs_fvcore or r.macs) / 1e9 for r in members]
-        ys = [r.metric("top1")[0] for r in members]
-        errs = [r.metric("top1")[1] or 0.0 for r in members]
-        marker = "o" if "measured" in label else "s"
-        ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=2, label=label)
-        for r, x, y in zip(members, xs, ys):
-            ax.annotate(r.model, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    if not by_dataset:
-        ax.text(0.5, 0.5, "no classification rows with MACs", ha="center", transform=ax.transAxes)
-    ax.set_xscale("log")
-    ax.set_xlabel("MACs (G, one image; fvcore's convention where counted)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy vs MACs")
-    if by_dataset:
-        ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    return _save(fig, out_dir, "accuracy_vs_macs")
+        if r.task != "classification" or not r.macs or r.metric("top1")[0] is None:
+            continue
+        key = (r.model, r.dataset, r.measured, r.macs_fvcore or r.macs, r.metric("top1")[0])
+        if key not in seen:  # the same published row quoted by two sources is one point
+            seen.add(key)
+            panels[(not r.measured, r.dataset)].append(r)
+    order = sorted(panels)
+    n = max(1, len(order))
+    w = figure_width(width)
+    full = w >= 5.0
+    nrows, ncols = (1, n) if full else (n, 1)
+    height = (2.7 if full else 2.2 * n) + (0.45 if full else 0.6)
+    with figure_style():
+        fig, axes = new_figure(w, height, nrows, ncols)
+        axes = list(axes.flat)
+        families: list[str] = []
+        orders: list[str] = []
+        labelled: dict[int, list[tuple[float, float, str, tuple[float, float]]]] = {}
+        for ax, (published, dataset) in zip(axes, order):
+            members = sorted(panels[(published, dataset)], key=lambda r: r.model)
+            giga = max((r.macs_fvcore or r.macs) for r in members) >= 1e9
+            scale, unit = (1e9, "G") if giga else (1e6, "M")
+            short, size = (
+                _strip_common_size([r.model for r in members])
+                if not published
+                else (
+                    [r.model for r in members],
+                    "",
+                )
+            )
+            points, extents = [], []
+            for r, label in zip(members, short):
+                x = (r.macs_fvcore or r.macs) / scale
+                mean, _, nseeds = r.metric("top1")
+                lo, hi = _ci95(r.metrics.get("top1", [])) if r.measured else (None, None)
+                st = model_style(r.model, family=r.family or None, order=r.order or None)
+                orders.append(r.order)
+                families.append(r.family or "unknown")
+                yerr = None if lo is None else [[mean - lo], [hi - mean]]
+                ax.errorbar([x], [mean], yerr=yerr, elinewidth=0.8, zorder=3, **{**st, "linestyle": "none"})
+                points.append((x, mean, label))
+                extents.append((mean, mean) if lo is None else (lo, hi))
+            ax.set_xscale("log")
+            _log_axis_ticks(ax.xaxis)
+            ys = [e for pair in extents for e in pair]
+            pad = 0.08 * ((max(ys) - min(ys)) or 10.0)
+            ax.set_ylim(max(0.0, min(ys) - pad), min(100.0, max(ys) + pad))
+            xs = [p[0] for p in points]
+            ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+            ax.set_xlabel(f"MACs per image ({unit}, log scale)")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.grid(True, which="major")
+            if published:
+                nsrc = len({r.source for r in members})
+                title = (
+                    f"{_dataset_name(dataset)}, published ({nsrc} source{'s' * (nsrc > 1)}, "
+                    "see classification.md): no CIs"
+                )
+            else:
+                nseeds = sorted({r.metric("top1")[2] for r in members})
+                seeds = f"{nseeds[0]}" if len(nseeds) == 1 else f"{nseeds[0]}-{nseeds[-1]}"
+                title = (
+                    f"{_dataset_name(dataset)}, measured{f' ({size} models)' if size else ''}: "
+                    f"mean and 95% CI over {seeds} seeds"
+                )
+            set_title(ax, title)
+            labelled[id(ax)] = _pareto_first([(*p, e) for p, e in zip(points, extents)])
+        if not order:
+            axes[0].text(
+                0.5, 0.5, "no classification rows with MACs", ha="center", transform=axes[0].transAxes
+            )
+            axes[0].set_axis_off()
+        else:
+            _family_legend(fig, families, orders, 7 if full else 4)
+        fit_titles(fig)  # the layout is final: labels go where they fit
+        for ax in axes:
+            if id(ax) in labelled:
+                pts = labelled[id(ax)]
+                place_labels(ax, [p[:3] for p in pts], [p[3] for p in pts])
+    return fig
 
 
-def plot_throughput_vs_resolution(results: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    import matplotlib
+def _log_axis_ticks(axis: Any, values: Sequence[float] | None = None) -> None:
+    """Plain-number ticks on a log axis: the given values (near ones merged), else 1-2-5 per decade."""
+    import matplotlib.ticker as mt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if values:
+        kept: list[float] = []
+        for v in sorted(set(values)):
+            if not kept or v / kept[-1] > 1.25:  # ticks closer than that would print on top of each other
+                kept.append(v)
+        axis.set_major_locator(mt.FixedLocator(kept))
+    else:
+        axis.set_major_locator(mt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mt.NullFormatter())
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+
+def throughput_vs_resolution_figure(results: list[dict[str, Any]], width: str | float = "column") -> Any:
+    """Inference img/s vs input side, one line per model (seeds merged: median), one panel per device.
+
+    Bars: the interquartile range over timed repeats where a single bench run gives one; colour and
+    marker are the model's family, the marker's fill its order, the line style its body.
+    """
+    from matplotlib.lines import Line2D
+
+    from visbench.figures import (
+        FAMILY_STYLES,
+        family_of,
+        figure_style,
+        figure_width,
+        fit_titles,
+        model_style,
+        new_figure,
+        set_title,
+    )
+
+    # device -> model -> side -> [(img/s, iqr or None)]
+    data: dict[str, dict[str, dict[float, list[tuple[float, float | None]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for r in results:
         tp = r.get("throughput") or {}
         if tp.get("img_per_s"):
             side = math.sqrt(r["input_size"][0] * r["input_size"][1])
-            series[f"{r['model']} ({r['family']})"].append(
-                (side, tp["img_per_s"], tp.get("img_per_s_iqr") or 0.0)
+            data[str(r.get("device") or "unknown device")][r["model"]][side].append(
+                (float(tp["img_per_s"]), tp.get("img_per_s_iqr"))
             )
-    for label, pts in sorted(series.items()):
-        pts.sort()
-        ax.errorbar(
-            [p[0] for p in pts],
-            [p[1] for p in pts],
-            yerr=[p[2] / 2 for p in pts],
-            marker="o",
-            ms=3,
-            label=label,
-        )
-    if not series:
-        ax.text(0.5, 0.5, "no throughput measurements", ha="center", transform=ax.transAxes)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("input side (sqrt(H·W))")
-    ax.set_ylabel("inference img/s (median)")
-    ax.set_title("Throughput vs resolution")
-    if series:
-        ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, out_dir, "throughput_vs_resolution")
+    devices = sorted(data)
+    w = figure_width(width)
+    n = max(1, len(devices))
+    models = sorted({m for d in data.values() for m in d})
+    ncol = 2 if w < 5.0 else 4
+    legend_rows = math.ceil(len(models) / ncol)
+    height = 2.1 * n + 0.45 + 0.13 * legend_rows
+    with figure_style():
+        fig, axes = new_figure(w, height, n, 1, sharex=True)
+        axes = list(axes.flat)
+        handles: dict[str, Any] = {}
+        sides: list[float] = []
+        bars = False
+        for ax, device in zip(axes, devices):
+            for model in sorted(data[device]):
+                pts = sorted(data[device][model].items())
+                xs = [side for side, _ in pts]
+                ys = [statistics.median(v for v, _ in runs) for _, runs in pts]
+                iqr = [runs[0][1] if len(runs) == 1 and runs[0][1] else 0.0 for _, runs in pts]
+                st = model_style(model)
+                bars |= any(iqr)
+                ax.errorbar(xs, ys, yerr=[q / 2 for q in iqr] if any(iqr) else None, elinewidth=0.7, **st)
+                handles.setdefault(model, Line2D([], [], label=model, **st))
+                sides += xs
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            _log_axis_ticks(ax.yaxis)
+            ax.set_ylabel("images / s (median)")
+            ax.grid(True, which="major")
+            set_title(ax, f"Inference throughput on {device}")
+        if not devices:
+            axes[0].text(0.5, 0.5, "no throughput measurements", ha="center", transform=axes[0].transAxes)
+            axes[0].set_axis_off()
+        else:
+            xs = sorted(set(sides))
+            _log_axis_ticks(axes[-1].xaxis, xs)
+            axes[-1].set_xlim(min(xs) / 1.3, max(xs) * 1.3)
+            axes[-1].set_xlabel("input side \u221a(H\u00b7W) (px, log scale)")
+            ranked = sorted(handles, key=lambda m: (list(FAMILY_STYLES).index(family_of(m)), m))
+            legend = [handles[m] for m in ranked]
+            if bars:
+                legend.append(Line2D([], [], linestyle="none", label="bars: IQR over timed repeats"))
+            fig.legend(handles=legend, loc="outside lower center", ncol=ncol, handlelength=2.6)
+        fit_titles(fig)
+    return fig
 
 
-def plot_r_vs_resolution(models: Sequence[str], out_dir: Path) -> list[Path]:
-    from visbench.analyze import build_meta_model
-    from visbench.analyze import plot_r_vs_resolution as analyze_plot
+def _merged_names(names: Sequence[str]) -> str:
+    """``{attn, attn_causal, gated_cnn}_tiny`` for names sharing a size; else the names, comma-joined."""
+    short, size = _strip_common_size(names)
+    if size and len(short) > 1:
+        return "{" + ", ".join(sorted(short)) + "}_" + size
+    return ", ".join(sorted(names))
 
-    usable = []
+
+R_SIDES = [2**k for k in range(5, 13)]
+
+
+def r_curves(models: Sequence[str], sides: Sequence[int] = R_SIDES) -> list[dict[str, Any]]:
+    """The distinct r = L / 6D curves of ``models`` (reference stage, square inputs): models whose curves
+    are identical (same width and stride at the reference stage) are merged into one entry."""
+    from visbench.analyze import SETTINGS, build_meta_model, model_stages, ratio, reference_stage, stage_grids
+
+    sides = sorted(set(sides) | {round(math.sqrt(h * w)) for h, w in SETTINGS.values()})
+    curves: dict[tuple[float, ...], dict[str, Any]] = {}
     for name in models:
         try:
-            build_meta_model(name)
-            usable.append(name)
+            stages = model_stages(build_meta_model(name))
         except (ValueError, RuntimeError):
             continue
-    return analyze_plot(
-        usable or ["vit_small_patch16_224", "vit_base_patch16_224"], out_dir / "r_vs_resolution.png"
+        stage = reference_stage(stages)
+        grids = [stage_grids(name, stages, s, s)[stage.index] for s in sides]
+        rs = tuple(ratio(h * w, stage.dim) for h, w in grids)
+        entry = curves.setdefault(
+            tuple(round(r, 12) for r in rs),
+            {"sides": sides, "r": list(rs), "dim": stage.dim, "stride": stage.reduction, "models": []},
+        )
+        entry["models"].append(name)
+    return sorted(curves.values(), key=lambda c: (c["stride"], c["dim"]))
+
+
+def r_vs_resolution_figure(models: Sequence[str], width: str | float = "column") -> Any:
+    """r = L / 6D of each distinct curve vs square input side, log-log, with the r = 1 line.
+
+    Models with the same width and stride at the reference stage draw the same curve: one line, its
+    legend entry naming them all. The study's settings (ImageNet, COCO, ADE20K) are ticks on the top axis.
+    """
+    import matplotlib.ticker as mt
+
+    from visbench.analyze import SETTINGS
+    from visbench.figures import (
+        NEUTRAL_STYLES,
+        family_of,
+        family_style,
+        figure_style,
+        figure_width,
+        new_figure,
+        wrap,
     )
+
+    curves = r_curves(models) or r_curves(["vit_small_patch16_224", "vit_base_patch16_224"])
+    w = figure_width(width)
+    ncol = 1 if w < 5.0 else 2
+    labels = []
+    for c in curves:
+        n = len(c["models"])
+        head = f"stride {c['stride']}, D = {c['dim']}" + (f" ({n} models)" if n > 1 else "")
+        labels.append(wrap(f"{head}: {_merged_names(c['models'])}", (w - 0.6) / ncol - 0.45, 6.5))
+    legend_lines = sum(lb.count("\n") + 1 for lb in labels) / ncol + 1.5
+    height = 2.3 + 0.45 + 0.115 * legend_lines
+    with figure_style():
+        fig, axes = new_figure(w, height)
+        ax = axes[0][0]
+        neutral = iter(NEUTRAL_STYLES)
+        for c, label in zip(curves, labels):
+            fams = {family_of(m) for m in c["models"]}
+            if len(fams) == 1:  # one family: its colours; a curve of several families: neutral greys
+                st = family_style(next(iter(fams))).kwargs()
+            else:
+                st = next(neutral, NEUTRAL_STYLES[-1])
+            ax.plot(c["sides"], c["r"], ms=3, label=label, **st)
+        ax.axhline(1.0, color="black", lw=0.8, ls=(0, (6, 3)), label="r = 1 (L = 6D): long above")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        sides = curves[0]["sides"]
+        ax.xaxis.set_major_locator(mt.FixedLocator(R_SIDES))
+        ax.xaxis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(mt.NullLocator())
+        ax.yaxis.set_major_locator(mt.LogLocator(base=10, numticks=12))
+        ax.yaxis.set_minor_formatter(mt.NullFormatter())
+        ax.set_xlim(min(sides) / 1.15, max(sides) * 1.15)
+        ax.set_xlabel("input side (px, square input, log scale)")
+        ax.set_ylabel("r = L / 6D at the reference stage")
+        ax.grid(True, which="major")
+        # the study's settings on the top axis; settings closer than 10% share one tick
+        ticks: list[tuple[float, list[str]]] = []
+        for name, (h, wd) in sorted(SETTINGS.items(), key=lambda kv: kv[1][0] * kv[1][1]):
+            side = math.sqrt(h * wd)
+            short = {"imagenet": "ImageNet"}.get(name, _dataset_name(name))
+            label = f"{short} {h}\u00d7{wd}" if h != wd else f"{short} {h}\u00b2"
+            if ticks and side / ticks[-1][0] < 1.1:
+                ticks[-1][1].append(label)
+            else:
+                ticks.append((side, [label]))
+        for side, _ in ticks:
+            ax.axvline(side, color="0.45", lw=0.6, ls=":")
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([t[0] for t in ticks], ["\n".join(t[1]) for t in ticks])
+        top.xaxis.set_minor_locator(mt.NullLocator())
+        top.tick_params(labelsize=6)
+        fig.suptitle(wrap("When is a task long? r = L / 6D against input side (long: r > 1)", w - 0.3, 8.0))
+        fig.legend(loc="outside lower center", ncol=ncol, handlelength=2.6)
+    return fig
+
+
+def plot_accuracy_vs_macs(rows: list[Row], out_dir: Path, width: str | float = "full") -> list[Path]:
+    """``accuracy_vs_macs.png`` / ``.pdf`` (full width: two panels side by side)."""
+    return _save(accuracy_vs_macs_figure(rows, width), out_dir, "accuracy_vs_macs")
+
+
+def plot_throughput_vs_resolution(
+    results: list[dict[str, Any]], out_dir: Path, width: str | float = "column"
+) -> list[Path]:
+    """``throughput_vs_resolution.png`` / ``.pdf`` (column width)."""
+    return _save(throughput_vs_resolution_figure(results, width), out_dir, "throughput_vs_resolution")
+
+
+def plot_r_vs_resolution(models: Sequence[str], out_dir: Path, width: str | float = "column") -> list[Path]:
+    """``r_vs_resolution.png`` / ``.pdf`` (column width); falls back to two ViTs when no model builds."""
+    return _save(r_vs_resolution_figure(models, width), out_dir, "r_vs_resolution")
+
+
+def figures_markdown(paths: Sequence[Path], table: str | None = None) -> str:
+    """Markdown that shows the written figures (PNG inline, PDF linked); only those of ``table`` if given."""
+    names = {p.name for p in paths}
+    lines = []
+    for stem, (caption, of_table) in FIGURES.items():
+        if f"{stem}.png" in names and (table is None or of_table == table):
+            pdf = f" ([PDF]({stem}.pdf))" if f"{stem}.pdf" in names else ""
+            lines += [f"![{caption}]({stem}.png)", "", f"_Figure: {caption}_{pdf}", ""]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -671,21 +999,28 @@ def generate(
     rows += load_reference(reference_dir) if reference_dir is not None else []
     tables = [classification_table(rows), detection_table(rows), segmentation_table(rows)]
     tables += [causal_table(rows), long_short_table(rows), bench_table(results)]
+    figures = plot_accuracy_vs_macs(rows, out)
+    figures += plot_throughput_vs_resolution(results, out)
+    figures += plot_r_vs_resolution(sorted({r["model"] for r in results}), out)
     written: list[Path] = []
     for t in tables:
         written += write_table(t, out)
+        shown = figures_markdown(figures, t.name)
+        if shown:  # the Markdown table shows (and links) the figure that draws it
+            md = out / f"{t.name}.md"
+            md.write_text(md.read_text(encoding="utf-8") + "\n" + shown, encoding="utf-8")
     summary = out / "summary.md"
     header = [f"# visbench results ({len(results)} result files)", ""]
     if skipped:
         header += ["Skipped (invalid) result files:", ""] + [f"- `{p}`: {why}" for p, why in skipped] + [""]
         (out / "skipped.txt").write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
         written.append(out / "skipped.txt")
-    summary.write_text("\n".join(header) + "\n".join(to_markdown(t) for t in tables), encoding="utf-8")
+    body = "\n".join(to_markdown(t) for t in tables)
+    summary.write_text(
+        "\n".join(header) + body + "\n## Figures\n\n" + figures_markdown(figures), encoding="utf-8"
+    )
     written.append(summary)
-    written += plot_accuracy_vs_macs(rows, out)
-    written += plot_throughput_vs_resolution(results, out)
-    models = sorted({r["model"] for r in results})
-    written += plot_r_vs_resolution(models, out)
+    written += figures
     return written
 
 
