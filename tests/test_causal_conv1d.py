@@ -7,6 +7,7 @@ import torch
 from conftest import import_mamba_reference
 from torch.utils.flop_counter import FlopCounterMode
 from visbench.kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from visbench.kernels.checks import assert_causal_conv1d_matches_reference
 
 # causal-conv1d's own test tolerances (tests/test_causal_conv1d.py in that repository)
 TOLERANCES = {torch.float32: (3e-4, 1e-3), torch.bfloat16: (1e-2, 5e-2)}
@@ -144,17 +145,8 @@ def test_traces_under_torch_compile_without_graph_breaks():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_reference(dtype):
-    x, weight, bias = _inputs(dim=64, width=4, seqlen=300, dtype=dtype, with_bias=True)
-    x, weight, bias = (t.detach().cuda().requires_grad_() for t in (x, weight, bias))
-    rtol, atol = TOLERANCES[dtype]
-    out = causal_conv1d(x, weight, bias, "silu")
-    ref = causal_conv1d_reference(x, weight, bias, "silu")
-    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
-    grad_out = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (x, weight, bias), grad_out)
-    grads_ref = torch.autograd.grad(ref, (x, weight, bias), grad_out)
-    for got, want in zip(grads, grads_ref):
-        torch.testing.assert_close(got, want, rtol=rtol * 4, atol=atol * 4)
+    """The package's CUDA kernels (through the op) against the reference: the check the GPU check runs."""
+    assert_causal_conv1d_matches_reference(64, 4, 300, dtype, "cuda", activation="silu", with_bias=True)
 
 
 @pytest.mark.parametrize(
