@@ -154,13 +154,17 @@ def describe_any(name: str) -> ModelDescription:
     return ModelDescription(name, f.family, f.mixer, f.order, f.body, size)
 
 
-def stage_strides(name: str) -> tuple[int, ...]:
+def stage_strides(name: str, patch_size: int | None = None) -> tuple[int, ...]:
     """Stride of each stage's token map (ours, or a timm name of the table with known strides).
 
-    ``ValueError`` for a name whose strides this module does not know.
+    ``patch_size`` (an isotropic body's constructor argument, 16 by default) overrides the stride of an
+    isotropic body. ``ValueError`` for a name whose strides this module does not know.
     """
     try:
-        return BODY_STAGE_STRIDES[describe(name).body]
+        body = describe(name).body
+        if patch_size is not None and body == "isotropic":
+            return (int(patch_size),)
+        return BODY_STAGE_STRIDES[body]
     except ValueError:
         pass
     entry = _timm_entry(name)
@@ -178,17 +182,19 @@ def token_grid(input_size: Sequence[int], stride: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
-def stage_grids(name: str, input_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def stage_grids(
+    name: str, input_size: Sequence[int], patch_size: int | None = None
+) -> tuple[tuple[int, int], ...]:
     """The token map ``(h, w)`` of each stage at ``input_size``; ``ValueError`` for an unknown name."""
-    return tuple(token_grid(input_size, s) for s in stage_strides(name))
+    return tuple(token_grid(input_size, s) for s in stage_strides(name, patch_size))
 
 
-def tokens_per_stage(name: str, input_size: Sequence[int]) -> tuple[int, ...]:
+def tokens_per_stage(name: str, input_size: Sequence[int], patch_size: int | None = None) -> tuple[int, ...]:
     """Tokens L that each stage's mixers see at ``input_size`` (``(H, W)`` or ``(C, H, W)``).
 
     The one place that turns a model name and an input size into token counts: results, tables,
     analyze, bench and the study read it. L counts the token map, not prefix tokens (a ViT's class
     token), as MambaOut's Eq. 6 does (196 for a patch-16 body at 224²). ``ValueError`` for a name
-    :func:`stage_strides` does not know.
+    :func:`stage_strides` does not know. ``patch_size``: an isotropic body built with another patch.
     """
-    return tuple(h * w for h, w in stage_grids(name, input_size))
+    return tuple(h * w for h, w in stage_grids(name, input_size, patch_size))

@@ -27,16 +27,21 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
 
-def patch_embed(img_size: int | tuple[int, int], in_chans: int, embed_dim: int) -> PatchEmbed:
-    """timm's 16x16 ``PatchEmbed`` returning an NHWC token map; any multiple of 16 is accepted at run time.
+def patch_embed(
+    img_size: int | tuple[int, int], in_chans: int, embed_dim: int, patch_size: int = PATCH_SIZE
+) -> PatchEmbed:
+    """timm's ``PatchEmbed`` (16x16 by default) returning an NHWC token map.
+
+    Any multiple of ``patch_size`` is accepted at run time. A smaller patch keeps the token count of a
+    small input equal to a hierarchical body's stage 1 (patch 4 at 32x32: 64 tokens), as the study does.
 
     The module is named ``patch_embed.proj`` inside, as in timm's ViT, so checkpoints load unchanged.
     """
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    check_input_size(*size)
+    check_input_size(*size, stride=patch_size)
     return PatchEmbed(
         img_size=size,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         in_chans=in_chans,
         embed_dim=embed_dim,
         output_fmt="NHWC",

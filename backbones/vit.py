@@ -118,6 +118,7 @@ class VisionTransformer(BlockStackAPI, nn.Module):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         num_classes: int = 1000,
         embed_dim: int = 768,
@@ -145,9 +146,10 @@ class VisionTransformer(BlockStackAPI, nn.Module):
 
         # Built in this order (embedding, head, then the rest), as in earlier versions: a seed gives the
         # same initial weights.
-        self.patch_embed = patch_embed(img_size, in_chans, embed_dim)
+        self.patch_size = patch_size
+        self.patch_embed = patch_embed(img_size, in_chans, embed_dim, patch_size)
         self.feature_info = [
-            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=PATCH_SIZE) for i in range(depth)
+            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
         ]
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -196,7 +198,7 @@ class VisionTransformer(BlockStackAPI, nn.Module):
     # -- forward -----------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image (B, C, H, W) -> tokens (B, 1 + h*w, D) with class token and position embedding."""
-        check_input_size(x.shape[-2], x.shape[-1])
+        check_input_size(x.shape[-2], x.shape[-1], self.patch_size)
         x = self.patch_embed(x)
         batch, height, width, dim = x.shape
         pos_embed = resample_abs_pos_embed(

@@ -7,6 +7,7 @@ import difflib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -197,9 +198,15 @@ def count_params_and_macs(model: nn.Module, input_size: tuple[int, int, int]) ->
     return counts
 
 
-def mixer_tokens(model_name: str, input_size: list[int]) -> int | None:
-    """Tokens the first token mixer sees (``naming.tokens_per_stage``); None for a plain timm model."""
+def mixer_tokens(
+    model_name: str, input_size: list[int], model_kwargs: dict[str, Any] | None = None
+) -> int | None:
+    """Tokens the first token mixer sees (``naming.tokens_per_stage``); None for a plain timm model.
+
+    ``model_kwargs`` are the ``create_model`` arguments: a ``patch_size`` there changes an isotropic
+    body's token count.
+    """
     try:
-        return tokens_per_stage(model_name, input_size)[0]
+        return tokens_per_stage(model_name, input_size, (model_kwargs or {}).get("patch_size"))[0]
     except ValueError:  # a name naming does not know (e.g. timm's resnet50): result.json omits tokens
         return None

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             metrics={"top1": round(metrics["top1"], 4), "top5": round(metrics["top5"], 4)},
             start_time=start,
             seed=cfg.train.seed,
-            tokens=mixer_tokens(cfg.model.name, cfg.data.input_size),
+            tokens=mixer_tokens(cfg.model.name, cfg.data.input_size, cfg.model.kwargs),
             throughput=throughput,
             config_path=resolved,
             device=metrics["device"],
