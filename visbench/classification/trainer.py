@@ -95,6 +95,8 @@ class Counters:
     epoch_losses: list[float] = field(default_factory=list)
     # Loss sum / count of the epoch in progress over all ranks, kept across a mid-epoch resume.
     partial_loss: tuple[float, float] = (0.0, 0.0)
+    # Seconds spent in training epochs (evaluation excluded), summed over resumes: result's train_wall_s.
+    train_seconds: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class Counters:
             "skipped": self.skipped,
             "epoch_losses": list(self.epoch_losses),
             "partial_loss": list(self.partial_loss),
+            "train_seconds": self.train_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,6 +115,7 @@ class Counters:
         self.epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
         loss_sum, loss_count = (float(x) for x in state.get("partial_loss", (0.0, 0.0)))
         self.partial_loss = (loss_sum, loss_count)
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
 
 class MetricsLog:
@@ -371,7 +375,9 @@ def run_epochs(state: TrainState) -> tuple[str, str]:
         with _StopRequest() as stop:
             while counters.epoch < cfg.sched.epochs:
                 epoch = counters.epoch
+                began = time.perf_counter()
                 status, epoch_loss = train_epoch(state, stop)
+                counters.train_seconds += time.perf_counter() - began
                 if status == "interrupted":
                     path = save(state)
                     message = (
@@ -714,13 +720,14 @@ def write_result(state: TrainState, config_path: str | Path | None) -> dict[str,
         metrics=metrics,
         start_time=state.start_time,
         seed=cfg.train.seed,
-        tokens=mixer_tokens(cfg.model.name, cfg.data.input_size),
+        tokens=mixer_tokens(cfg.model.name, cfg.data.input_size, cfg.model.kwargs),
         throughput=throughput,
         config_path=state.run_dir / "config.yaml",
         device=str(rt.device),
         amp=amp,
         extra={
             "macs_fvcore": counts["macs_fvcore"],
+            "train_wall_s": round(state.counters.train_seconds, 2),
             "epochs": cfg.sched.epochs,
             "global_steps": state.counters.global_step,
             "epoch_train_loss": [round(x, 6) for x in state.counters.epoch_losses],

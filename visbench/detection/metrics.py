@@ -63,9 +63,17 @@ def detector_macs(model: Any, data_batch: Mapping[str, Any]) -> tuple[int, tuple
 
 
 def write_detection_result(
-    runner: Any, cfg: Any, metrics: Mapping[str, float], start_time: str, phase: str
+    runner: Any,
+    cfg: Any,
+    metrics: Mapping[str, float],
+    start_time: str,
+    phase: str,
+    train_wall_s: float | None = None,
 ) -> Path | None:
-    """Write ``<work_dir>/result.json`` from the test metrics; returns its path (None on ranks > 0)."""
+    """Write ``<work_dir>/result.json`` from the test metrics; returns its path (None on ranks > 0).
+
+    ``train_wall_s``: seconds spent in training (evaluation excluded), recorded as ``extra.train_wall_s``.
+    """
     from mmengine.dist import is_main_process
 
     if not is_main_process():
@@ -109,6 +117,7 @@ def write_detection_result(
             "backbone_checkpoint": (cfg.model.backbone.get("init_cfg") or {}).get("checkpoint"),
             "mmdet_metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
             "launcher": cfg.get("launcher"),
+            "train_wall_s": None if train_wall_s is None else round(train_wall_s, 2),
         },
     )
     return write_result(Path(cfg.work_dir), result)

@@ -10,6 +10,7 @@ Everything here is mmdetection / mmengine doing the work; this module only
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,15 @@ def train(cfg: Any, write_result: bool = True) -> tuple[dict[str, float], Path |
 
     start = now_iso()
     runner = build_runner(cfg)
+    began = time.perf_counter()
     runner.train()
+    train_wall_s = time.perf_counter() - began
     metrics = runner.test()
-    path = write_detection_result(runner, cfg, metrics, start, phase="train") if write_result else None
+    path = (
+        write_detection_result(runner, cfg, metrics, start, phase="train", train_wall_s=train_wall_s)
+        if write_result
+        else None
+    )
     return metrics, path
 
 
