@@ -1,9 +1,13 @@
 # Runtime shared by every detection config: hooks, logging, checkpoints, environment.
 default_scope = "mmdet"
-# VisBenchBackbone (every visbench model) and VisBenchCocoMetric (AP at large maxDets) into mmdet's
-# registries.
+# VisBenchBackbone (every visbench model), VisBenchCocoMetric (AP at large maxDets) and the optimizer
+# constructor that reads the parameters' no-weight-decay tags into mmdet's registries.
 custom_imports = dict(
-    imports=["visbench.backbones.mmdet_backbone", "visbench.detection.coco_metric"],
+    imports=[
+        "visbench.backbones.mmdet_backbone",
+        "visbench.detection.coco_metric",
+        "visbench.detection.optim_constructor",
+    ],
     allow_failed_imports=False,
 )
 

@@ -34,6 +34,8 @@ param_scheduler = [dict(type="LinearLR", start_factor=0.01, by_epoch=False, begi
 # From scratch and short: a larger learning rate than the paper's 1e-4 (which assumes a pretrained backbone).
 optim_wrapper = dict(
     type="OptimWrapper",
+    # decay_mult=0 for parameters tagged no-weight-decay where created (A_log, D, pos_embed, cls_token)
+    constructor="TaggedDecayOptimWrapperConstructor",
     optimizer=dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0),
     clip_grad=dict(max_norm=10.0),

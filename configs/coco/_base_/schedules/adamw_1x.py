@@ -10,6 +10,8 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     type="OptimWrapper",
+    # decay_mult=0 for parameters tagged no-weight-decay where created (A_log, D, pos_embed, cls_token)
+    constructor="TaggedDecayOptimWrapperConstructor",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     # no weight decay on normalisation layers and position embeddings (as Swin / VMamba detection)
     paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={"pos_embed": dict(decay_mult=0.0)}),
