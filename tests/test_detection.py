@@ -244,9 +244,44 @@ def test_study_part_trains_each_model_on_each_canvas(tmp_path, fashion_mnist_dir
         models=("gated_cnn_tiny",), dims=DIMS, depths=DEPTHS, canvas_sizes=(64,), iters=1, batch_size=2,
         num_train=4, num_val=2, fashion_root=str(fashion_mnist_dir),
     )  # fmt: skip
-    paths = run_detection_part(tmp_path, study)
-    assert [p.parent.name for p in paths] == ["gated_cnn_tiny_64px"]
+    paths = run_detection_part(tmp_path, study, seeds=[0, 1])
+    assert [(p.parent.parent.name, p.parent.name) for p in paths] == [
+        ("gated_cnn_tiny_64px", "seed0"),
+        ("gated_cnn_tiny_64px", "seed1"),
+    ]
     result = read_result(paths[0])
     assert result["dataset"] == "fashion_mnist_64x64" and math.isfinite(result["metrics"]["segm_mAP"])
+    assert [read_result(p)["seed"] for p in paths] == [0, 1]
+    assert result["extra"]["train_wall_s"] > 0
+    # a finished job is kept, not retrained
+    stamp = paths[0].stat().st_mtime_ns
+    assert run_detection_part(tmp_path, study, seeds=[0]) == paths[:1]
+    assert paths[0].stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['iterations'\]"):
         DetectionStudyConfig.from_mapping({"iterations": 3})
+
+
+def test_detector_optimizer_leaves_tagged_state_space_parameters_undecayed(tmp_path) -> None:
+    """A_log / D are tagged where created; the detector's param groups follow the tags, not name rules."""
+    from mmengine.optim import build_optim_wrapper
+
+    from visbench.detection.runner import build_runner, load_config
+
+    cfg = load_config(
+        str(STUDY_CONFIG),
+        work_dir=tmp_path,
+        cfg_options={"model.backbone.model": "ssm_cross2d_tiny", "model.backbone.dims": DIMS,
+                     "model.backbone.depths": DEPTHS, "model.neck.in_channels": list(DIMS)},
+    )  # fmt: skip
+    model = build_runner(cfg).model
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    decay_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in wrapper.optimizer.param_groups:
+        for param in group["params"]:
+            decay_of[names[id(param)]] = group["weight_decay"]
+    tagged = [n for n in decay_of if n.endswith(("A_log", ".D"))]
+    assert tagged, "the SSM backbone has A_log / D parameters"
+    assert all(decay_of[n] == 0.0 for n in tagged)
+    convs = [n for n in decay_of if n.startswith("backbone.") and n.endswith("weight") and decay_of[n] > 0]
+    assert convs, "ordinary backbone weights keep their weight decay"
