@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -45,6 +47,7 @@ __all__ = [
     "test_batches",
     "train_batches",
     "train_next_pixel",
+    "run_next_pixel",
 ]
 
 
@@ -52,7 +55,8 @@ def quantize(images: np.ndarray | torch.Tensor, levels: int = DEFAULT_LEVELS) ->
     """uint8 images (N, H, W) -> levels (N, H*W) int64 in ``[0, levels)``, row-major."""
     if not 2 <= levels <= 256:
         raise ValueError(f"levels must be in [2, 256], got {levels}")
-    tensor = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+    # A copy: the loaded arrays are read-only, which torch warns about when sharing them.
+    tensor = torch.as_tensor(np.array(images, copy=True) if isinstance(images, np.ndarray) else images)
     if tensor.dtype != torch.uint8 or tensor.dim() != 3:
         raise ValueError(f"expected uint8 images (N, H, W), got {tensor.dtype} {tuple(tensor.shape)}")
     return (tensor.flatten(1).long() * levels) // 256
@@ -124,6 +128,7 @@ class NextPixelConfig:
     warmup_steps: int = 10
     seed: int = 0
     eval_batch_size: int = 250
+    test_images: int | None = None  # the first N test images (None: all 10k)
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -177,3 +182,57 @@ def train_next_pixel(cfg: NextPixelConfig, train_images: np.ndarray, test_images
         "train_bits_per_pixel": sum(recent) / len(recent),
         "train_seconds": train_seconds,
     }
+
+
+def run_next_pixel(cfg: NextPixelConfig, run_dir: Path, root: str | Path | None = None) -> Path:
+    """Train and score ``cfg`` on Fashion-MNIST (``root``), writing ``run_dir/result.json`` (task next_pixel).
+
+    The result carries params, MACs (one forward of one image), ``tokens`` = 784 and
+    ``extra.train_wall_s``; ``config.yaml`` beside it holds the recipe. A finished run (result present)
+    is kept: runs are short, so a killed one restarts from its first step.
+    """
+    from visbench.atomic import atomic_write_text
+    from visbench.backbones.complexity import count_macs
+    from visbench.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
+    from visbench.results import make_result, now_iso, write_result
+
+    run_dir = Path(run_dir)
+    done = run_dir / "result.json"
+    if done.is_file():
+        return done
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    start = now_iso()
+    train_images, _ = load_fashion_mnist(root or DEFAULT_ROOT, "train")
+    test_images, _ = load_fashion_mnist(root or DEFAULT_ROOT, "test")
+    if cfg.test_images is not None:
+        test_images = test_images[: cfg.test_images]
+    out = train_next_pixel(cfg, train_images, test_images)
+    model = out["model"]
+    height, width = train_images.shape[1:]
+    result = make_result(
+        model=cfg.model,
+        task="next_pixel",
+        dataset="fashion_mnist",
+        input_size=[height, width],
+        params=sum(p.numel() for p in model.parameters()),
+        macs=count_macs(model, (1, 1, height, width)),
+        metrics={
+            "bits_per_pixel": round(out["bits_per_pixel"], 6),
+            "train_bits_per_pixel": round(out["train_bits_per_pixel"], 6),
+        },
+        start_time=start,
+        seed=cfg.seed,
+        tokens=height * width,
+        config_path=config_path,
+        extra={
+            "train_wall_s": round(out["train_seconds"], 2),
+            "levels": cfg.levels,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "train_images": len(train_images),
+            "test_images": len(test_images),
+            "model_kwargs": dict(cfg.model_kwargs),
+        },
+    )
+    return write_result(run_dir, result)

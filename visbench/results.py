@@ -56,7 +56,7 @@ from visbench.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 RESULT_FILENAME = "result.json"
-TASKS = ("classification", "detection", "instance_segmentation", "bench")
+TASKS = ("classification", "detection", "instance_segmentation", "next_pixel", "bench")
 
 COCO_METRIC_SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 BBOX_METRICS = tuple(f"bbox_{s}" for s in COCO_METRIC_SUFFIXES)
@@ -66,6 +66,7 @@ REQUIRED_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("top1",),
     "detection": ("bbox_mAP",),
     "instance_segmentation": ("bbox_mAP", "segm_mAP"),
+    "next_pixel": ("bits_per_pixel",),  # visbench.next_pixel: held-out negative log-likelihood, bits
     "bench": (),
 }
 

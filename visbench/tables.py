@@ -288,6 +288,56 @@ def classification_table(rows: list[Row]) -> Table:
     return Table("classification", "Image classification", cols, body, notes)
 
 
+def next_pixel_table(rows: list[Row]) -> Table:
+    """Measured next-pixel modelling (``visbench.next_pixel``): held-out bits per pixel, lower is better."""
+    cols = ["model", "mixer", "order", "body", "tokens", "params (M)", "MACs (G)", "bits / pixel"]
+    body = []
+    for r in _sorted([r for r in rows if r.task == "next_pixel"]):
+        mean, std, n = r.metric("bits_per_pixel")
+        value = "" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+        body.append(
+            [
+                r.model,
+                r.mixer,
+                r.order,
+                r.body,
+                str(r.tokens or ""),
+                _num(r.params, 1e6, 3),
+                _num(r.macs, 1e9, 3),
+                f"{value} (n={n})" if mean is not None else "",
+            ]
+        )
+    notes = [
+        "Negative log-likelihood of held-out test images in bits per pixel (mean ± std over seeds); each "
+        "image is a causal sequence of its quantised pixels (visbench.next_pixel documents the levels)."
+    ]
+    return Table("next_pixel", "Next-pixel modelling (long, causal)", cols, body, notes)
+
+
+def hypotheses_tables(run_dirs: Iterable[Path | str]) -> list[tuple[Path, Table]]:
+    """The verdict table of every ``hypotheses.json`` under ``run_dirs`` (validated), with its path."""
+    from visbench.hypotheses import table_rows
+    from visbench.verdicts import HYPOTHESES_JSON, load_hypotheses
+
+    found: list[tuple[Path, Table]] = []
+    for entry in run_dirs:
+        root = Path(entry)
+        paths = [root] if root.is_file() else sorted(root.rglob(HYPOTHESES_JSON)) if root.is_dir() else []
+        for path in paths:
+            if path.name != HYPOTHESES_JSON:
+                continue
+            report = load_hypotheses(path)
+            header, body = table_rows(report)
+            notes = [
+                f"From {path} (claims {report['claims_source']}); verdicts by the rule declared there, "
+                "95% t-intervals over paired seeds."
+            ]
+            if report["smoke"]:
+                notes.insert(0, "smoke run, not evidence")
+            found.append((path, Table("hypotheses", "Verdicts on MambaOut's claims", header, body, notes)))
+    return found
+
+
 def _dense_task_table(
     rows: list[Row], tasks: tuple[str, ...], metrics: dict[str, str], name: str, title: str, notes: list[str]
 ) -> Table:
@@ -998,7 +1048,10 @@ def generate(
     rows = measured_rows(r for r in results if r["task"] != "bench")
     rows += load_reference(reference_dir) if reference_dir is not None else []
     tables = [classification_table(rows), detection_table(rows), segmentation_table(rows)]
-    tables += [causal_table(rows), long_short_table(rows), bench_table(results)]
+    tables += [next_pixel_table(rows), causal_table(rows), long_short_table(rows), bench_table(results)]
+    verdicts = hypotheses_tables(run_dirs)
+    if verdicts:  # the newest report found leads the summary; hypotheses.md beside it has the figures
+        tables.insert(0, verdicts[-1][1])
     figures = plot_accuracy_vs_macs(rows, out)
     figures += plot_throughput_vs_resolution(results, out)
     figures += plot_r_vs_resolution(sorted({r["model"] for r in results}), out)
