@@ -923,7 +923,7 @@ def claim_sentences(entry: Mapping[str, Any]) -> list[str]:
             )
         text += f" Verdict: {c['verdict']} ({c['reason']})"
         if c["support"] is not None:
-            text += f"; this {c['support']} {_hyp_word(c['support'])}"
+            text += f"; this {_support_phrase(c['support'])}"
         text += "."
         f = c["fairness"]
         if f["macs_ratio"] is not None:
@@ -947,15 +947,18 @@ def claim_sentences(entry: Mapping[str, Any]) -> list[str]:
                 f"{entry['group_by']} = {last} minus that at {first} is {fmt_num(d['mean'], dg, True)}, "
                 f"{_ci(d, dg)} (Welch)."
             )
-        text += f" Verdict: {k['verdict']} ({k['reason']}); this {k['support']} {_hyp_word(k['support'])}."
+        text += f" Verdict: {k['verdict']} ({k['reason']}); this {_support_phrase(k['support'])}."
         out.append(text)
     n_judged = len(entry["contrasts"] if entry["group_by"] else entry["comparisons"])
     out.append(f"Overall ({n_judged} judged comparison{'s' if n_judged != 1 else ''}): {entry['overall']}.")
     return out
 
 
-def _hyp_word(support: str) -> str:
-    return "nor contradicts MambaOut's hypothesis" if support == NEITHER else "MambaOut's hypothesis"
+def _support_phrase(support: str) -> str:
+    """``supports MambaOut's hypothesis``; for ``neither``: ``neither supports nor contradicts it``."""
+    if support == NEITHER:
+        return "neither supports nor contradicts MambaOut's hypothesis"
+    return f"{support} MambaOut's hypothesis"
 
 
 # ---------------------------------------------------------------------------- the report
