@@ -904,15 +904,16 @@ def _run_section(name: str, records: Iterable[Record], sink: Callable[[Record], 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; 0 when nothing failed (or there is no GPU), 1 when a check failed."""
     args = parse_args(argv)
-    if args.device.startswith("cuda"):
-        # Triton picks interpreted or compiled mode at its first import: on a GPU, compiled.
-        os.environ.pop("TRITON_INTERPRET", None)
     import torch
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_GPU_LINE)
         return 0
+    if device.type == "cuda":
+        # Triton picks interpreted or compiled mode at its first import: on a GPU, compiled. Only here,
+        # after the GPU is known to exist, so the no-GPU path leaves the caller's environment alone.
+        os.environ.pop("TRITON_INTERPRET", None)
     records: list[Record] = []
     meta: dict[str, Any] = {"budget_s": args.budget_s, "quick": args.quick, "sections": args.sections}
     meta["caps_s"] = {s: SECTIONS[s] for s in args.sections}
