@@ -131,6 +131,27 @@ def test_paired_run_records_engine_ratio_and_both_mac_conventions(
     assert "paired (windows interleaved ABBA" in capsys.readouterr().out
 
 
+def test_paired_training_prints_the_cost_per_mac_against_the_partner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The per-MAC ratio of a training step (issue 13's measure) comes from the same interleaved windows."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    argv = ["--models", "test_vit", "--pair-with", "test_mambaout", "--device", "cpu", "--batch-size", "1"]
+    argv += ["--sizes", "32", "--warmup", "1", "--repeats", "3", "--iters", "1", "--memory", "none"]
+    assert bench.run(parser.parse_args([*argv, "--out", str(tmp_path)])) == 0
+    results = {r["model"]: r for r in (read_result(f) for f in tmp_path.rglob("result.json"))}
+    (paired,) = results["test_vit"]["extra"]["paired"]
+    macs_ratio = results["test_vit"]["macs"] / results["test_mambaout"]["macs"]
+    assert paired["macs_ratio"] == pytest.approx(macs_ratio)
+    assert paired["train_cost_per_mac_ratio"] == pytest.approx(1 / (paired["train_speed_ratio"] * macs_ratio))
+    (back,) = results["test_mambaout"]["extra"]["paired"]
+    # three repeats: the median of the reversed ratios is exactly the reciprocal
+    assert back["train_cost_per_mac_ratio"] == pytest.approx(1 / paired["train_cost_per_mac_ratio"])
+    out = capsys.readouterr().out
+    assert "train s/MAC" in out and f"{paired['train_cost_per_mac_ratio']:.2f}" in out
+
+
 def test_compile_choice_is_recorded_for_every_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     compiled: list[str] = []
 

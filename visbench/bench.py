@@ -393,6 +393,12 @@ def measure_group(
                 entry["train_speed_ratio"], entry["train_speed_ratio_q1"], entry["train_speed_ratio_q3"] = (
                     ratio
                 )
+            if m.macs and other.macs:
+                entry["macs_ratio"] = m.macs / other.macs
+                if train:  # > 1: a training step of this model costs more per MAC than the partner's
+                    entry["train_cost_per_mac_ratio"] = 1.0 / (
+                        entry["train_speed_ratio"] * entry["macs_ratio"]
+                    )
             paired.append(entry)
         if paired:
             extra["paired"] = paired
@@ -484,15 +490,18 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines += [
             "",
             "paired (windows interleaved ABBA; ratio = partner's s/step / this model's, median over repeats "
-            "[quartiles]; > 1: this model is faster)",
-            f"{'model':<24} {'engine':<34} {'vs':<24} {'engine':<34} {'inference':>20} {'training':>20}",
+            "[quartiles]; > 1: this model is faster; train s/MAC: this model's training seconds per MAC "
+            "over the partner's, > 1: dearer per unit of work)",
+            f"{'model':<24} {'engine':<34} {'vs':<24} {'engine':<34} {'inference':>20} {'training':>20} "
+            f"{'train s/MAC':>11}",
         ]
         for r, p in pairs:
             infer = _ratio_text(p, "speed_ratio")
             train = _ratio_text(p, "train_speed_ratio") if "train_speed_ratio" in p else ""
+            per_mac = f"{p['train_cost_per_mac_ratio']:.2f}" if "train_cost_per_mac_ratio" in p else ""
             lines.append(
                 f"{r['model']:<24} {r['extra']['engine']:<34} {p['model']:<24} {p['engine']:<34} "
-                f"{infer:>20} {train:>20}"
+                f"{infer:>20} {train:>20} {per_mac:>11}"
             )
     return "\n".join(lines)
 
