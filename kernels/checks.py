@@ -20,6 +20,9 @@ moved, so every device sees the same numbers.
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ from visbench.kernels.causal_conv1d import causal_conv1d, causal_conv1d_referenc
 from visbench.kernels.selective_scan import selective_scan
 
 __all__ = [
+    "import_without_cuda_extensions",
     "CONV_TOLERANCES",
     "GROUPS",
     "TOLERANCES",
@@ -231,3 +235,19 @@ def assert_causal_conv1d_matches_reference(
     for name, got, want in zip(("x", "weight", "bias"), grads, ref_grads):
         assert got.dtype == want.dtype, f"{what}: d{name} dtype {got.dtype}, expected {want.dtype}"
         _close(got, want, rtol * 4, atol * 4, f"{what} d{name}")
+
+
+def import_without_cuda_extensions(module: str) -> types.ModuleType:
+    """Import a pure-PyTorch module of mamba-ssm / causal-conv1d (their references) without their CUDA parts.
+
+    Their PyPI releases import the compiled ``selective_scan_cuda`` / ``causal_conv1d_cuda`` at module
+    import; where that build is absent a placeholder module stands in (the references are plain PyTorch).
+    ``ImportError`` when the package itself is not installed.
+    """
+    for compiled in ("selective_scan_cuda", "causal_conv1d_cuda"):
+        if compiled not in sys.modules:
+            try:
+                importlib.import_module(compiled)
+            except ImportError:
+                sys.modules[compiled] = types.ModuleType(compiled)
+    return importlib.import_module(module)

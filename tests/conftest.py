@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -28,14 +25,10 @@ def import_mamba_reference(module: str):
     build was skipped those are absent, so a placeholder module stands in for them. Skips the test
     (with the reason) when the package is not installed at all.
     """
-    for compiled in ("selective_scan_cuda", "causal_conv1d_cuda"):
-        if compiled not in sys.modules:
-            try:
-                importlib.import_module(compiled)
-            except ImportError:
-                sys.modules[compiled] = types.ModuleType(compiled)
+    from visbench.kernels.checks import import_without_cuda_extensions
+
     try:
-        return importlib.import_module(module)
+        return import_without_cuda_extensions(module)
     except ImportError as err:  # pragma: no cover - depends on the environment
         pytest.skip(f"{module} not importable ({err}); install with scripts/bootstrap.sh --dev")
 
@@ -45,3 +38,22 @@ def fashion_mnist_dir() -> Path:
     if not any(FASHION_MNIST_DIR.glob("train-images-idx3-ubyte*")):
         pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    """One valid classification result (environment filled once); tests copy it and change what they need."""
+    from visbench.results import make_result
+
+    return make_result(
+        model="gated_cnn_tiny",
+        task="classification",
+        dataset="fashion_mnist",
+        input_size=[32, 32],
+        params=1_000_000,
+        macs=100_000_000,
+        metrics={"top1": 50.0},
+        start_time="2026-01-01T00:00:00+00:00",
+        end_time="2026-01-01T00:02:00+00:00",
+        seed=0,
+    )

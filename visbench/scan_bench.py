@@ -119,17 +119,10 @@ def mamba_selective_scan_ref():
     Its module imports the compiled ``selective_scan_cuda`` at import; where that build is absent a
     placeholder module stands in (the reference itself is plain PyTorch). Call in a worker process.
     """
-    import importlib
-    import types
+    from visbench.kernels.checks import import_without_cuda_extensions
 
-    for compiled in ("selective_scan_cuda", "causal_conv1d_cuda"):
-        if compiled not in sys.modules:
-            try:
-                importlib.import_module(compiled)
-            except ImportError:
-                sys.modules[compiled] = types.ModuleType(compiled)
     try:
-        return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+        return import_without_cuda_extensions("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
     except Exception:  # not installed, or broken in this environment: the variant is skipped
         return None
 
