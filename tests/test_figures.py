@@ -17,7 +17,7 @@ from matplotlib.colors import to_hex  # noqa: E402
 from visbench import figures as F  # noqa: E402
 from visbench import hypotheses, tables  # noqa: E402
 from visbench import verdicts as V  # noqa: E402
-from visbench.results import make_result, validate_result  # noqa: E402
+from visbench.results import validate_result  # noqa: E402
 
 WIDTHS = ("column", "full")
 
@@ -25,22 +25,6 @@ WIDTHS = ("column", "full")
 
 TINY = ["gated_cnn_tiny", "ssm_causal_tiny", "ssm_bidir_tiny", "ssm_cross2d_tiny", "attn_tiny"]
 TINY += ["attn_causal_tiny", "vit_tiny", "vit_causal_tiny", "seq_gated_cnn_tiny", "seq_ssm_causal_tiny"]
-
-
-@pytest.fixture(scope="module")
-def template() -> dict:
-    return make_result(
-        model="gated_cnn_tiny",
-        task="classification",
-        dataset="fashion_mnist",
-        input_size=[32, 32],
-        params=1_000_000,
-        macs=100_000_000,
-        metrics={"top1": 50.0},
-        start_time="2026-01-01T00:00:00+00:00",
-        end_time="2026-01-01T00:02:00+00:00",
-        seed=0,
-    )
 
 
 def _result(template: dict, model: str, seed: int, metrics: dict, **fields) -> dict:

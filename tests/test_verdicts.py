@@ -11,26 +11,9 @@ import pytest
 import yaml
 
 from visbench import verdicts as V
-from visbench.results import make_result, validate_result, write_result
+from visbench.results import validate_result, write_result
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def template() -> dict:
-    """One valid result (environment filled once); tests copy it and change what they need."""
-    return make_result(
-        model="gated_cnn_tiny",
-        task="classification",
-        dataset="fashion_mnist",
-        input_size=[32, 32],
-        params=1_000_000,
-        macs=100_000_000,
-        metrics={"top1": 50.0},
-        start_time="2026-01-01T00:00:00+00:00",
-        end_time="2026-01-01T00:02:00+00:00",
-        seed=0,
-    )
 
 
 def _result(template: dict, model: str, seed: int | None, metrics: dict, **fields) -> dict:
