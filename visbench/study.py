@@ -168,7 +168,7 @@ def _check_part(path: str | Path, study: StudyConfig, name: str, part: PartConfi
         from visbench.detection.study import DetectionStudyConfig
 
         try:
-            DetectionStudyConfig.from_mapping({**part.detection, "models": list(part.models)})
+            DetectionStudyConfig.from_mapping(_detection_settings(part))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{where}: detection: {err}") from None
 
@@ -622,10 +622,15 @@ def _job_work(part: PartConfig, job: Job) -> tuple[int | None, tuple[int, int]]:
         per_epoch = min(n, steps * cfg.train.batch_size) if steps else n
         return per_epoch * cfg.sched.epochs, tuple(cfg.data.input_size)
     if part.kind == "next_pixel":
-        return int(job.payload.get("steps", 150)) * int(job.payload.get("batch_size", 32)), (28, 28)
-    settings = job.payload["settings"]
+        from visbench.next_pixel import NextPixelConfig
+
+        recipe = build_dataclass(NextPixelConfig, job.payload, job.label)
+        return recipe.steps * recipe.batch_size, (28, 28)
+    from visbench.detection.study import DetectionStudyConfig
+
+    settings = DetectionStudyConfig.from_mapping(job.payload["settings"])
     side = job.payload["side"]
-    return int(settings.get("iters", 10)) * int(settings.get("batch_size", 4)), (side, side)
+    return settings.iters * settings.batch_size, (side, side)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
