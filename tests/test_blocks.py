@@ -33,6 +33,25 @@ def test_conv_block_equals_timm_mambaout_block(conv_ratio: float) -> None:
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv_ratio", [1.0, 8 / 3])
+def test_conv_block_gradients_equal_timm_mambaout_block(conv_ratio: float) -> None:
+    """The block computes fc1 / fc2 on weight slices (no split / cat): gradients must not change either."""
+    ours = _randomized(GatedBlock(48, conv_ratio=conv_ratio))
+    reference = GatedConvBlock(48, conv_ratio=conv_ratio).eval()
+    reference.load_state_dict({k.replace("mixer.conv.", "conv."): v for k, v in ours.state_dict().items()})
+    x = torch.randn(2, 7, 7, 48)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.randn(2, 7, 7, 48)
+    (ours(x_ours) * weights).sum().backward()
+    (reference(x_ref) * weights).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    ref_params = dict(reference.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(
+            p.grad, ref_params[name.replace("mixer.conv.", "conv.")].grad, rtol=1e-5, atol=1e-5
+        )
+
+
 @pytest.mark.parametrize(("mixer", "order"), CASES)
 def test_every_mixer_keeps_the_shape_and_trains(mixer: str, order: str) -> None:
     block = GatedBlock(32, mixer=mixer, order=order)
