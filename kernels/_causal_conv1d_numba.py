@@ -2,13 +2,16 @@
 
 Each (batch, channel) row is copied once, left-padded with width - 1 zeros, into a thread-local
 buffer; the taps are then loops over time (one per tap, so each vectorises), and the activation and
-its derivative are fused. The backward recomputes the pre-activation instead of storing it, and its
-work items are channels (each walks the batch), so the weight and bias gradients are sums that one
-item owns: no atomics, deterministic. The reference this replaces (``F.conv1d`` plus about fifteen
-element-wise passes for the backward) moves every (batch, dim, L) tensor many times.
+its derivative are fused. The backward recomputes the pre-activation instead of storing it; its work
+items are (sample, block of channels), each writing its own per-sample weight and bias gradients that
+the caller sums over the batch: no atomics, deterministic. The reference this replaces (``F.conv1d``
+plus about fifteen element-wise passes for the backward) moves every (batch, dim, L) tensor many times.
 
-Like the scan kernels (``visbench.kernels._scan_cpu_numba``): x and dout in any strides ('A'), the
-rest contiguous, one compiled signature per dtype.
+Like the scan kernels (``visbench.kernels._scan_cpu_numba``): x, dout, out and dx in any strides
+('A'), the rest contiguous, one compiled signature per dtype. A row of x or dout is read once into its
+contiguous buffer, and a row of out or dx is computed in one and written once, so a channel-last
+(b, L, d) tensor costs no copy around the op (the caller allocates out in x's layout): the arithmetic
+always runs on contiguous rows, where it vectorises.
 """
 
 from __future__ import annotations
@@ -46,59 +49,70 @@ def conv_fwd(x, weight, bias, has_bias, silu, out):
         di = row % dim
         zero = zero_like(weight[0, 0])
         padded = np.empty(length + width - 1, dtype=out.dtype)
-        pre = out[bi, di]
+        pre = np.empty(length, dtype=out.dtype)
         _pre_activation(x[bi, di], weight[di], bias[di] if has_bias else zero, padded, pre)
         if silu:
             for t in range(length):
                 p = pre[t]
                 pre[t] = p * sigmoid(p)
+        out_row = out[bi, di]
+        for t in range(length):
+            out_row[t] = pre[t]
 
 
-def conv_bwd(x, weight, bias, has_bias, silu, dout, dx, dweight, dbias):
-    """dx (b, d, L), dweight (d, width), dbias (d,) of sum(dout * out); dbias is written even without bias."""
+def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, dbias_part):
+    """dx (b, d, L) and per-sample weight and bias gradients, dweight_part (b, d, width) and dbias_part
+    (b, d), of sum(dout * out); the caller sums those over b. dbias_part is written even without bias.
+
+    Work items are (sample, block of channels): a sample's channels are done together, so a
+    channel-last tensor's cache lines (each holding many channels of one step) are read while hot.
+    """
     batch, dim, length = x.shape
     width = weight.shape[1]
-    for di in prange(dim):
+    block_size = (dim + n_blocks - 1) // n_blocks
+    for item in prange(batch * n_blocks):
+        bi = item // n_blocks
+        d_lo = (item % n_blocks) * block_size
+        d_hi = min(d_lo + block_size, dim)
         zero = zero_like(weight[0, 0])
         one = one_like(weight[0, 0])
         padded = np.empty(length + width - 1, dtype=dx.dtype)
         pre = np.empty(length, dtype=dx.dtype)
         grad = np.empty(length + width - 1, dtype=dx.dtype)  # d loss / d pre, then width - 1 zeros
-        weight_row = weight[di]
-        bias_d = bias[di] if has_bias else zero
-        for k in range(width):
-            dweight[di, k] = 0.0
-        bias_sum = zero
-        for bi in range(batch):
+        for di in range(d_lo, d_hi):
+            weight_row = weight[di]
             dout_row = dout[bi, di]
             for t in range(length):
                 grad[t] = dout_row[t]
             for k in range(width - 1):
                 grad[length + k] = 0.0
-            _pre_activation(x[bi, di], weight_row, bias_d, padded, pre)
+            _pre_activation(x[bi, di], weight_row, bias[di] if has_bias else zero, padded, pre)
             if silu:  # d silu(p) / dp = s (1 + p (1 - s)), s = sigmoid(p)
                 for t in range(length):
                     p = pre[t]
                     s = sigmoid(p)
                     grad[t] = grad[t] * s * (one + p * (one - s))
+            bias_sum = zero
             for t in range(length):
                 bias_sum += grad[t]
+            dbias_part[bi, di] = bias_sum
             # dw[k] = sum_t grad[t] x[t - (width - 1) + k]; dx[t] = sum_k w[k] grad[t + (width - 1) - k].
             for k in range(width):
                 acc = zero
                 for t in range(length):
                     acc += grad[t] * padded[t + k]
-                dweight[di, k] += acc
-            dx_row = dx[bi, di]
+                dweight_part[bi, di, k] = acc
             w_last = weight_row[width - 1]
-            for t in range(length):
-                dx_row[t] = w_last * grad[t]
+            for t in range(length):  # dx in pre's buffer (pre is not needed any more), then written out
+                pre[t] = w_last * grad[t]
             for k in range(width - 1):
                 w = weight_row[k]
                 shift = width - 1 - k
                 for t in range(length):
-                    dx_row[t] += w * grad[t + shift]
-        dbias[di] = bias_sum
+                    pre[t] += w * grad[t + shift]
+            dx_row = dx[bi, di]
+            for t in range(length):
+                dx_row[t] = pre[t]
 
 
 _FLAGS = dict(parallel=True, cache=True, fastmath=True)
@@ -106,8 +120,8 @@ conv_fwd = njit(**_FLAGS)(conv_fwd)
 conv_bwd = njit(**_FLAGS)(conv_bwd)
 
 _ARGS = {
-    "conv_fwd": ("A3", "C2", "C1", "b", "b", "C3"),
-    "conv_bwd": ("A3", "C2", "C1", "b", "b", "A3", "C3", "C2", "C1"),
+    "conv_fwd": ("A3", "C2", "C1", "b", "b", "A3"),
+    "conv_bwd": ("A3", "C2", "C1", "b", "b", "A3", "i", "A3", "C3", "C2"),
 }
 _KERNELS = {"conv_fwd": conv_fwd, "conv_bwd": conv_bwd}
 
@@ -115,7 +129,8 @@ _KERNELS = {"conv_fwd": conv_fwd, "conv_bwd": conv_bwd}
 def kernel(name: str, dtype: np.dtype):
     """The kernel compiled (or loaded from numba's cache) for ``dtype``, one signature per dtype."""
     scalar = numba.from_dtype(np.dtype(dtype))
-    sig = tuple(types.boolean if a == "b" else types.Array(scalar, int(a[1]), a[0]) for a in _ARGS[name])
+    kinds = {"b": types.boolean, "i": types.int64}
+    sig = tuple(kinds.get(a) or types.Array(scalar, int(a[1]), a[0]) for a in _ARGS[name])
     return compiled_for(_KERNELS[name], sig)
 
 

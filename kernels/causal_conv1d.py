@@ -144,11 +144,16 @@ def _numpy(t: Tensor) -> Any:
     return t.detach().numpy()
 
 
+def _in_layout_of(x: Tensor, t: Tensor) -> Tensor:
+    """``t`` in the strides of ``torch.empty_like(x)``, the op's output layout (copied if they differ)."""
+    out = torch.empty_like(x, dtype=t.dtype)
+    return t if out.stride() == t.stride() else out.copy_(t)
+
+
 def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Any]:
-    """x in the compute dtype (any strides, L unit-stride), weight and bias contiguous, and the kernels."""
+    """x in the compute dtype and its own strides (the kernels read any), weight and bias contiguous."""
     dtype = _compute_dtype(x, weight, bias)
     x = x.to(dtype)
-    x = x if x.stride(-1) == 1 else x.contiguous()
     weight = weight.to(dtype).contiguous()
     bias = weight.new_zeros(1) if bias is None else bias.to(dtype).contiguous()
     return x, weight, bias, _numba_kernels()
@@ -156,7 +161,7 @@ def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tenso
 
 def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     xc, w, b, kern = _cpu_operands(x, weight, bias)
-    out = xc.new_empty(xc.shape)
+    out = torch.empty_like(xc)  # x's layout: a channel-last x gives a channel-last out, no copy either way
     kern.set_threads(torch.get_num_threads())
     kern.kernel("conv_fwd", _numpy(out).dtype)(
         _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
@@ -164,13 +169,19 @@ def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> 
     return out.to(x.dtype)
 
 
+def _blocks_per_sample(batch: int, dim: int) -> int:
+    """Channel blocks per sample in the backward: a couple of work items per thread, as the scan's."""
+    return max(1, min(dim, -(-2 * torch.get_num_threads() // batch)))
+
+
 def _cpu_backward(
     x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     xc, w, b, kern = _cpu_operands(x, weight, bias)
     grad = dout.to(xc.dtype)
-    grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-    dx, dweight, dbias = xc.new_empty(xc.shape), w.new_empty(w.shape), w.new_empty(w.shape[0])
+    batch, dim, _ = xc.shape
+    dx = torch.empty_like(xc)
+    dweight_part, dbias_part = w.new_empty(batch, *w.shape), w.new_empty(batch, dim)
     kern.set_threads(torch.get_num_threads())
     kern.kernel("conv_bwd", _numpy(dx).dtype)(
         _numpy(xc),
@@ -179,50 +190,58 @@ def _cpu_backward(
         bias is not None,
         silu,
         _numpy(grad),
+        _blocks_per_sample(batch, dim),
         _numpy(dx),
-        _numpy(dweight),
-        _numpy(dbias),
+        _numpy(dweight_part),
+        _numpy(dbias_part),
     )
-    dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias.to(bias.dtype)
+    dweight = dweight_part.sum(0)
+    dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias_part.sum(0).to(bias.dtype)
     return dx.to(x.dtype), dweight.to(weight.dtype), dbias
 
 
 # --------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("visbench::causal_conv1d", mutates_args=())
+# The output's layout follows x's (torch.empty_like), so inductor must hand the ops their inputs in the
+# stride order they were traced with, not a layout of its choosing.
+_LAYOUT_TAGS = (torch.Tag.needs_fixed_stride_order,)
+
+
+@torch.library.custom_op("visbench::causal_conv1d", mutates_args=(), tags=_LAYOUT_TAGS)
 def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     if _use_package(x, weight, bias):
         fwd, _ = _package_functions()
-        x = x if x.stride(-1) == 1 else x.contiguous()
+        x_in = x if x.stride(-1) == 1 else x.contiguous()
         bias = None if bias is None else bias.contiguous()
-        return fwd(x, weight.contiguous(), bias, None, None, None, silu).contiguous()
+        return _in_layout_of(x, fwd(x_in, weight.contiguous(), bias, None, None, None, silu))
     if _use_numba(x):
-        return _cpu_forward(x, weight, bias, silu)
-    return causal_conv1d_reference(x, weight, bias, "silu" if silu else None).contiguous()
+        return _in_layout_of(x, _cpu_forward(x, weight, bias, silu))
+    return _in_layout_of(x, causal_conv1d_reference(x, weight, bias, "silu" if silu else None))
 
 
 @_causal_conv1d_op.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
-    return x.new_empty(x.shape)
+    return torch.empty_like(x)
 
 
-@torch.library.custom_op("visbench::causal_conv1d_bwd", mutates_args=())
+@torch.library.custom_op("visbench::causal_conv1d_bwd", mutates_args=(), tags=_LAYOUT_TAGS)
 def _causal_conv1d_bwd_op(
     x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dx, dweight, dbias); without bias, dbias is zeros (the schema has no optional outputs)."""
     if _use_package(x, weight, bias) and dout.dtype == x.dtype:
         _, bwd = _package_functions()
-        x = x if x.stride(-1) == 1 else x.contiguous()
+        x_in = x if x.stride(-1) == 1 else x.contiguous()
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()
         b = None if bias is None else bias.contiguous()
-        dx, dweight, dbias, _ = bwd(x, weight.contiguous(), b, dout, None, None, None, None, False, silu)
+        dx, dweight, dbias, _ = bwd(x_in, weight.contiguous(), b, dout, None, None, None, None, False, silu)
         if dbias is None:
             dbias = weight.new_zeros((weight.shape[0],))
-        return dx.contiguous(), dweight, dbias
+        return _in_layout_of(x, dx), dweight, dbias
     if _use_numba(x):
-        return _cpu_backward(x, weight, bias, dout, silu)
+        dx, dweight, dbias = _cpu_backward(x, weight, bias, dout, silu)
+        return _in_layout_of(x, dx), dweight, dbias
 
     dim, width = weight.shape
     seqlen = x.shape[-1]
@@ -244,7 +263,7 @@ def _causal_conv1d_bwd_op(
             dx[..., : seqlen - shift].addcmul_(grad[..., shift:], w[:, k, None])
             dweight[:, k] = (grad[..., shift:] * x_c[..., : seqlen - shift]).sum(dim=(0, 2))
     dbias = weight.new_zeros((dim,)) if bias is None else grad.sum(dim=(0, 2)).to(bias.dtype)
-    return dx.to(x.dtype), dweight.to(weight.dtype), dbias
+    return _in_layout_of(x, dx.to(x.dtype)), dweight.to(weight.dtype), dbias
 
 
 @_causal_conv1d_bwd_op.register_fake
@@ -253,7 +272,7 @@ def _(
 ) -> tuple[Tensor, Tensor, Tensor]:
     bias_dtype = weight.dtype if bias is None else bias.dtype
     return (
-        x.new_empty(x.shape),
+        torch.empty_like(x),
         weight.new_empty(weight.shape),
         weight.new_empty((weight.shape[0],), dtype=bias_dtype),
     )
@@ -308,7 +327,9 @@ def causal_conv1d(
         activation: None, "silu" or "swish" (the same as "silu").
 
     Returns:
-        (batch, dim, seqlen) tensor of ``x.dtype`` (contiguous).
+        (batch, dim, seqlen) tensor of ``x.dtype`` in ``x``'s memory layout (``torch.empty_like(x)``):
+        a channel-last ``x`` (a (batch, seqlen, dim) tensor's transpose) gives a channel-last output, so
+        a channels-last caller transposes back for free.
     """
     _check_inputs(x, weight, bias, activation)
     return torch.ops.visbench.causal_conv1d(x, weight, bias, activation is not None)

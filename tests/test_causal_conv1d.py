@@ -99,7 +99,7 @@ def test_channel_last_strides_give_the_same_result():
     assert x_channel_last.stride(1) == 1
     out = causal_conv1d(x_channel_last, weight, bias, "silu")
     torch.testing.assert_close(out, causal_conv1d_reference(x.detach(), weight, bias, "silu"))
-    assert out.is_contiguous()
+    assert out.stride() == x_channel_last.stride()  # x's layout: a channels-last caller transposes back free
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channel_last", "sliced", "time_strided"])
@@ -116,15 +116,22 @@ def test_cpu_kernels_match_reference_gradients_in_every_layout(layout, activatio
     dout = torch.randn(3, 6, 37, generator=torch.Generator().manual_seed(3))
     results = []
     for fn in (causal_conv1d, causal_conv1d_reference):
-        out = fn(relayout(x), weight, bias, activation)
+        x_in = relayout(x)
+        out = fn(x_in, weight, bias, activation)
+        if fn is causal_conv1d:
+            assert out.stride() == torch.empty_like(x_in).stride()
         results.append((out, *torch.autograd.grad(out, (x, weight, bias), dout)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=3e-5, atol=1e-5 * max(1.0, float(want.abs().max())))
 
 
+@pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_custom_op_registrations_pass_opcheck(with_bias):
+def test_custom_op_registrations_pass_opcheck(with_bias, channel_last):
+    """opcheck compares the fake (compile-time) outputs' strides with the real ones, channel-last x too."""
     x, weight, bias = _inputs(dim=4, width=3, seqlen=9, dtype=torch.float32, with_bias=with_bias)
+    if channel_last:
+        x = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
     torch.library.opcheck(torch.ops.visbench.causal_conv1d.default, (x, weight, bias, True))
     grad = torch.randn(x.shape)
     args = (x.detach(), weight.detach(), None if bias is None else bias.detach(), grad, True)
