@@ -199,3 +199,42 @@ def test_threads_option_sets_torch_and_numba_alike(tmp_path: Path, monkeypatch: 
         assert len(result["extra"]["load_average"]) == 2  # the machine's load, before and after
     finally:
         torch.set_num_threads(before)
+
+
+def test_model_kwargs_reach_every_model_and_are_recorded(tmp_path: Path) -> None:
+    """--model-kwargs builds both members of a pair at other widths (issue 13's narrow setting)."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    argv = ["--models", "gated_cnn_femto", "--pair-with", "ssm_causal_femto", "--device", "cpu"]
+    argv += ["--sizes", "32", "--batch-size", "1", "--warmup", "0", "--repeats", "1", "--iters", "1"]
+    argv += [
+        "--memory",
+        "none",
+        "--no-train",
+        "--model-kwargs",
+        '{"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}',
+    ]
+    assert bench.run(parser.parse_args([*argv, "--out", str(tmp_path / "narrow")])) == 0
+    assert bench.run(parser.parse_args([*argv[:-2], "--out", str(tmp_path / "default")])) == 0
+    narrow = {r["model"]: r for r in (read_result(f) for f in (tmp_path / "narrow").rglob("result.json"))}
+    default = {r["model"]: r for r in (read_result(f) for f in (tmp_path / "default").rglob("result.json"))}
+    for name in ("gated_cnn_femto", "ssm_causal_femto"):
+        assert narrow[name]["extra"]["model_kwargs"] == {"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}
+        assert default[name]["extra"]["model_kwargs"] == {}
+        assert narrow[name]["params"] < default[name]["params"] / 10
+        assert narrow[name]["macs"] < default[name]["macs"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [('{"dims": [8', "not JSON"), ("[1, 2]", "expected a JSON object"), ('{"dimz": [8]}', "does not take")],
+)
+def test_bad_model_kwargs_are_one_line_naming_the_option(
+    text: str, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visbench.cli import main
+
+    argv = ["bench", "--models", "gated_cnn_femto", "--device", "cpu", "--model-kwargs", text]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model-kwargs" in err and match in err

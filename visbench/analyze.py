@@ -91,8 +91,8 @@ class ModelAnalysis:
 # --------------------------------------------------------------------------------------- model shape
 
 
-def build_meta_model(name: str) -> Any:
-    """``timm.create_model(name)`` on the meta device: shapes only, no memory, no init cost."""
+def build_meta_model(name: str, **model_kwargs: Any) -> Any:
+    """``timm.create_model(name, **model_kwargs)`` on the meta device: shapes only, no memory or init."""
     import timm
     import torch
 
@@ -101,7 +101,7 @@ def build_meta_model(name: str) -> Any:
     if not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm (ours: gated_cnn_tiny, vit_small, ...)")
     with torch.device("meta"):
-        return timm.create_model(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **model_kwargs)
 
 
 def _depth_of(model: Any, module: str) -> int:

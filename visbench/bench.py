@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
 import json
 import os
@@ -181,19 +182,44 @@ def count_macs_both(meta: Any, model: Any, size: tuple[int, int]) -> tuple[int, 
     return count("torch"), count("fvcore") if conventions else None
 
 
-def build_model(name: str, size: tuple[int, int], device: Any, in_chans: int = 3) -> Any:
-    """timm / visbench model at ``size`` (models with a fixed input size are built for it)."""
+def build_model(
+    name: str, size: tuple[int, int], device: Any, in_chans: int = 3, model_kwargs: dict | None = None
+) -> Any:
+    """timm / visbench model at ``size`` (models with a fixed input size are built for it).
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``dims`` / ``depths``); one a model does not take
+    is a ValueError naming it.
+    """
     import timm
 
     import visbench.backbones  # noqa: F401  (the registration point)
 
     if not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm")
+    kwargs = dict(model_kwargs or {})
     try:
-        model = timm.create_model(name, img_size=size, in_chans=in_chans)
-    except TypeError:  # models without an img_size argument work at any size
-        model = timm.create_model(name, in_chans=in_chans)
+        try:
+            model = timm.create_model(name, img_size=size, in_chans=in_chans, **kwargs)
+        except TypeError:  # models without an img_size argument work at any size
+            model = timm.create_model(name, in_chans=in_chans, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"--model-kwargs {json.dumps(kwargs)}: {name} does not take them ({err})") from err
     return model.to(device)
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """``--model-kwargs``: a JSON object of ``timm.create_model`` keywords, or nothing."""
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-kwargs: not JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(
+            f"--model-kwargs: expected a JSON object such as '{{\"dims\": [64, 96]}}', got {text!r}"
+        )
+    return kwargs
 
 
 @dataclass
@@ -216,7 +242,13 @@ class _Member:
 
 
 def _build_member(
-    name: str, compile: str, size: tuple[int, int], dev: Any, batch_size: int, channels_last: bool
+    name: str,
+    compile: str,
+    size: tuple[int, int],
+    dev: Any,
+    batch_size: int,
+    channels_last: bool,
+    model_kwargs: dict[str, Any],
 ) -> _Member:
     import torch
 
@@ -224,8 +256,8 @@ def _build_member(
     from visbench.backbones.complexity import count_params
 
     torch.manual_seed(0)
-    model = build_model(name, size, dev)
-    macs, macs_fvcore = count_macs_both(build_meta_model(name), model, size)
+    model = build_model(name, size, dev, model_kwargs=model_kwargs)
+    macs, macs_fvcore = count_macs_both(build_meta_model(name, **model_kwargs), model, size)
     x = torch.randn(batch_size, 3, *size, device=dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -250,12 +282,14 @@ def measure_group(
     memory: str = "auto",
     tokens: int | None = None,
     tf32: bool | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark (model, compile) ``members`` at one size, timed together; one schema-valid result each.
 
     One member: its own windows. Several: windows interleaved (:func:`time_interleaved`), and each
     result's ``extra.paired`` gives its speed ratio to every other member (:func:`speed_ratio`).
     ``tf32`` sets both TF32 flags (None leaves them as they are); the flags in effect are recorded.
+    ``model_kwargs`` go to every member's ``timm.create_model`` (recorded as ``extra.model_kwargs``).
     """
     import torch
 
@@ -270,7 +304,10 @@ def measure_group(
         memory = "cuda" if dev.type == "cuda" else "process"
     threads_at_start = torch.get_num_threads()
     load_at_start = _load_average()
-    group = [_build_member(name, c, size, dev, batch_size, channels_last) for name, c in members]
+    model_kwargs = dict(model_kwargs or {})
+    group = [
+        _build_member(name, c, size, dev, batch_size, channels_last, model_kwargs) for name, c in members
+    ]
     amp_dtype = getattr(torch, AMP_DTYPES[amp]) if AMP_DTYPES[amp] else None
     compiled = any(m.compile != "none" for m in group)
     warmup = max(1, warmup) if compiled else warmup  # compile in the warm-up, not in a timed window
@@ -375,6 +412,7 @@ def measure_group(
             "macs_convention": "torch",
             "macs_fvcore": m.macs_fvcore,
             "threads_at_start": threads_at_start,
+            "model_kwargs": model_kwargs,
             # 1-minute load average before and after: how much else the machine was running
             "load_average": [load_at_start, _load_average()],
         }
@@ -548,6 +586,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmul / cuDNN (recorded)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument(
+        "--model-kwargs",
+        default=None,
+        metavar="JSON",
+        help='timm.create_model keywords for every model, e.g. \'{"dims": [64, 96, 128, 192], '
+        '"depths": [1, 1, 2, 1]}\' (recorded as extra.model_kwargs)',
+    )
+    parser.add_argument(
         "--compile",
         choices=tuple(ENGINES),
         default="none",
@@ -581,6 +626,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _tag(name: str, compile: str, size: tuple[int, int], args: argparse.Namespace, partner: Any) -> str:
     tag = f"{name}_{size[0]}x{size[1]}_b{args.batch_size}_{args.amp}"
     tag += "" if compile == "none" else f"_{compile}"
+    if args.model_kwargs:  # a short stable name for the keyword set, so runs with other widths do not collide
+        text = json.dumps(parse_model_kwargs(args.model_kwargs), sort_keys=True)
+        tag += "_kw" + hashlib.sha1(text.encode()).hexdigest()[:8]
     if partner is not None:
         partner_name, partner_compile = partner
         tag += f"_vs_{partner_name}" + ("" if partner_compile == "none" else f"_{partner_compile}")
@@ -595,7 +643,16 @@ def run(args: argparse.Namespace) -> int:
     from visbench.results import write_result
 
     groups = plan_groups(args)
-    check_model_names([name for group in groups for name, _ in group])
+    names = [name for group in groups for name, _ in group]
+    check_model_names(names)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    for name in dict.fromkeys(names) if model_kwargs else ():  # fail here, not in a worker process
+        try:
+            build_meta_model(name, **model_kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"--model-kwargs {args.model_kwargs}: {name} does not take them ({err})"
+            ) from None
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads: expected a positive number, got {args.threads}")
@@ -617,12 +674,14 @@ def run(args: argparse.Namespace) -> int:
         train=not args.no_train,
         channels_last=args.channels_last,
         tf32=bool(args.tf32),
+        model_kwargs=model_kwargs,
     )
     fixed_sizes = None if args.tokens else [(None, parse_size(s)[1]) for s in args.sizes.split(",")]
     results = []
     for group in groups:
         if args.tokens:
-            stride = reference_stage(model_stages(build_meta_model(group[0][0]))).reduction
+            meta = build_meta_model(group[0][0], **kwargs["model_kwargs"])
+            stride = reference_stage(model_stages(meta)).reduction
             sizes = [(int(t), size_for_tokens(int(t), stride)) for t in args.tokens.split(",")]
         else:
             sizes = fixed_sizes
