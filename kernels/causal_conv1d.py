@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import flop_registry, register_flop_formula
+from visbench.kernels.scan_cpu import work_blocks
 
 __all__ = ["ACTIVATIONS", "causal_conv1d", "causal_conv1d_reference", "package_available"]
 
@@ -145,9 +146,13 @@ def _numpy(t: Tensor) -> Any:
 
 
 def _in_layout_of(x: Tensor, t: Tensor) -> Tensor:
-    """``t`` in the strides of ``torch.empty_like(x)``, the op's output layout (copied if they differ)."""
-    out = torch.empty_like(x, dtype=t.dtype)
-    return t if out.stride() == t.stride() else out.copy_(t)
+    """``t`` in the strides of ``torch.empty_like(x)``, the op's output layout (copied if they differ).
+
+    The strides are read off a meta tensor, so the common case (they match) allocates nothing.
+    """
+    if t.stride() == torch.empty_like(x, device="meta").stride():
+        return t
+    return torch.empty_like(x, dtype=t.dtype).copy_(t)
 
 
 def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -169,11 +174,6 @@ def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> 
     return out.to(x.dtype)
 
 
-def _blocks_per_sample(batch: int, dim: int) -> int:
-    """Channel blocks per sample in the backward: a couple of work items per thread, as the scan's."""
-    return max(1, min(dim, -(-2 * torch.get_num_threads() // batch)))
-
-
 def _cpu_backward(
     x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -190,7 +190,7 @@ def _cpu_backward(
         bias is not None,
         silu,
         _numpy(grad),
-        _blocks_per_sample(batch, dim),
+        work_blocks(batch, dim),
         _numpy(dx),
         _numpy(dweight_part),
         _numpy(dbias_part),

@@ -37,6 +37,7 @@ __all__ = [
     "selective_scan_bwd",
     "selective_scan_fwd",
     "use_implementation",
+    "work_blocks",
 ]
 
 SUPPORTS_FLOAT64 = True
@@ -140,10 +141,12 @@ def _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, la
     )
 
 
-def _blocks_per_group(batch: int, groups: int, dims_per_group: int) -> int:
-    """Split each group's dims into blocks so that there are a couple of work items per thread."""
+def work_blocks(outer_items: int, inner: int) -> int:
+    """Blocks to split each of ``outer_items`` ranges of ``inner`` rows into, so that the CPU kernels'
+    backward passes (scan: per (sample, group), conv1d: per sample) get a couple of work items per thread.
+    """
     items_wanted = 2 * torch.get_num_threads()
-    return max(1, min(dims_per_group, -(-items_wanted // (batch * groups))))
+    return max(1, min(inner, -(-items_wanted // outer_items)))
 
 
 def selective_scan_bwd(
@@ -162,7 +165,7 @@ def selective_scan_bwd(
     kern = _numba_module()
     batch, dim, length = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    n_blocks = _blocks_per_group(batch, groups, dim // groups)
+    n_blocks = work_blocks(batch * groups, dim // groups)
     chunk = max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
     du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
     dz = u.new_empty(u.shape) if z is not None else _dummy(u, 3)
