@@ -187,8 +187,8 @@ def build_model(
 ) -> Any:
     """timm / visbench model at ``size`` (models with a fixed input size are built for it).
 
-    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``dims`` / ``depths``); one a model does not take
-    is a ValueError naming it.
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``dims`` / ``depths``); :func:`run` checks them
+    against every model before any is built.
     """
     import timm
 
@@ -196,14 +196,11 @@ def build_model(
 
     if not timm.is_model(name):
         raise ValueError(f"model {name!r} is not registered with timm")
-    kwargs = dict(model_kwargs or {})
+    kwargs = model_kwargs or {}
     try:
-        try:
-            model = timm.create_model(name, img_size=size, in_chans=in_chans, **kwargs)
-        except TypeError:  # models without an img_size argument work at any size
-            model = timm.create_model(name, in_chans=in_chans, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"--model-kwargs {json.dumps(kwargs)}: {name} does not take them ({err})") from err
+        model = timm.create_model(name, img_size=size, in_chans=in_chans, **kwargs)
+    except TypeError:  # models without an img_size argument work at any size
+        model = timm.create_model(name, in_chans=in_chans, **kwargs)
     return model.to(device)
 
 
