@@ -164,13 +164,38 @@ def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tenso
     return x, weight, bias, _numba_kernels()
 
 
+def _is_channel_last(x: Tensor) -> bool:
+    """Whether (b, d, L) x is a transposed C-contiguous (b, L, d) tensor (and not also contiguous)."""
+    return not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
+
+
+def _tile_steps(batch: int, length: int, dim: int) -> int:
+    """Steps per work item of the channel-last kernels: tiles of about 4096 elements (their buffers
+    stay in L1 / L2), made smaller when that leaves fewer than two items per thread."""
+    steps = max(1, min(length, 4096 // max(dim, 1)))
+    per_sample = -(-2 * torch.get_num_threads() // batch)
+    return max(1, min(steps, -(-length // per_sample)))
+
+
 def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
     xc, w, b, kern = _cpu_operands(x, weight, bias)
     out = torch.empty_like(xc)  # x's layout: a channel-last x gives a channel-last out, no copy either way
     kern.set_threads(torch.get_num_threads())
-    kern.kernel("conv_fwd", _numpy(out).dtype)(
-        _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
-    )
+    if _is_channel_last(xc):
+        batch, dim, length = xc.shape
+        kern.kernel("conv_fwd_channel_last", _numpy(out).dtype)(
+            _numpy(xc.transpose(1, 2)),
+            _numpy(w),
+            _numpy(b),
+            bias is not None,
+            silu,
+            _tile_steps(batch, length, dim),
+            _numpy(out.transpose(1, 2)),
+        )
+    else:
+        kern.kernel("conv_fwd", _numpy(out).dtype)(
+            _numpy(xc), _numpy(w), _numpy(b), bias is not None, silu, _numpy(out)
+        )
     return out.to(x.dtype)
 
 
@@ -179,10 +204,30 @@ def _cpu_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     xc, w, b, kern = _cpu_operands(x, weight, bias)
     grad = dout.to(xc.dtype)
-    batch, dim, _ = xc.shape
+    batch, dim, length = xc.shape
     dx = torch.empty_like(xc)
-    dweight_part, dbias_part = w.new_empty(batch, *w.shape), w.new_empty(batch, dim)
     kern.set_threads(torch.get_num_threads())
+    if _is_channel_last(xc):
+        steps = _tile_steps(batch, length, dim)
+        groups = work_blocks(batch, -(-length // steps))  # tiles per sample, split for the threads
+        dweight_part, dbias_part = w.new_empty(batch * groups, *w.shape), w.new_empty(batch * groups, dim)
+        kern.kernel("conv_bwd_channel_last", _numpy(dx).dtype)(
+            _numpy(xc.transpose(1, 2)),
+            _numpy(w),
+            _numpy(b),
+            bias is not None,
+            silu,
+            _numpy(grad.transpose(1, 2).contiguous()),
+            steps,
+            groups,
+            _numpy(dx.transpose(1, 2)),
+            _numpy(dweight_part),
+            _numpy(dbias_part),
+        )
+        dweight = dweight_part.sum(0)
+        dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias_part.sum(0).to(bias.dtype)
+        return dx.to(x.dtype), dweight.to(weight.dtype), dbias
+    dweight_part, dbias_part = w.new_empty(batch, *w.shape), w.new_empty(batch, dim)
     kern.kernel("conv_bwd", _numpy(dx).dtype)(
         _numpy(xc),
         _numpy(w),

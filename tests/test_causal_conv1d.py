@@ -125,6 +125,41 @@ def test_cpu_kernels_match_reference_gradients_in_every_layout(layout, activatio
         torch.testing.assert_close(got, want, rtol=3e-5, atol=1e-5 * max(1.0, float(want.abs().max())))
 
 
+@pytest.mark.parametrize(
+    ("batch", "dim", "seqlen", "width"),
+    [(1, 64, 150, 4), (3, 32, 300, 7), (2, 5, 3, 4), (1, 48, 1, 2), (2, 600, 9, 4)],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_channel_last_kernels_match_row_kernels_and_reference(
+    batch, dim, seqlen, width, with_bias, activation
+):
+    """The channel-last kernels (tiles of steps, several per sample here, a halo, sequences shorter than
+    the width): forward the row kernels' to float rounding, gradients the F.conv1d definition's."""
+    x, weight, bias = _inputs(
+        dim=dim, width=width, seqlen=seqlen, dtype=torch.float32, with_bias=with_bias, batch=batch
+    )
+    x_cl = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    out = causal_conv1d(x_cl, weight, bias, activation)
+    assert out.stride() == x_cl.stride()
+    torch.testing.assert_close(out, causal_conv1d(x.detach(), weight, bias, activation), rtol=1e-6, atol=1e-6)
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    leaves = [t for t in (x_cl, weight, bias) if t is not None]
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref = causal_conv1d_reference(x, weight, bias, activation)
+    grads_ref = torch.autograd.grad(ref, [t for t in (x, weight, bias) if t is not None], dout)
+    assert grads[0].stride() == x_cl.stride()
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=3e-5, atol=1e-5 * max(1.0, float(want.abs().max())))
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_gradcheck_float64_channel_last(activation):
+    x, weight, bias = _inputs(dim=3, width=3, seqlen=6, dtype=torch.float64, with_bias=True)
+    x = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(*a, activation=activation), (x, weight, bias))
+
+
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_custom_op_registrations_pass_opcheck(with_bias, channel_last):
