@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from visbench.kernels import scan_orders
-from visbench.kernels.scan_orders import ORDERS, merge, num_routes, split
+from visbench.kernels.scan_orders import ORDERS, merge, merge_reference, num_routes, routes_reference, split
 
 SHAPES = [(3, 5), (5, 3), (4, 4), (1, 7), (6, 1), (1, 1)]
 
@@ -63,6 +63,40 @@ def test_autograd_of_split_is_merge(order):
     y = torch.randn(2, num_routes(order), 3, 15)
     (grad,) = torch.autograd.grad(split(x, order), x, y)
     torch.testing.assert_close(grad, merge(y, order, 3, 5))
+
+
+@pytest.mark.parametrize("order", ["bidir", "cross2d"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adjoint_pair_matches_plain_autograd_and_finite_differences(order, channels_last):
+    """split / merge's backward (each the other) against autograd of the copies and flips themselves,
+    and against finite differences (gradcheck, and gradgradcheck for the backward's own backward)."""
+    shape = (2, 3, 5, 3) if channels_last else (2, 3, 3, 5)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    k = num_routes(order)
+    y = torch.randn(
+        (2, k, 15, 3) if channels_last else (2, k, 3, 15), dtype=torch.float64, requires_grad=True
+    )
+    routes = split(x, order, channels_last=channels_last)
+    torch.testing.assert_close(
+        routes, routes_reference(x, order, channels_last=channels_last), rtol=0, atol=0
+    )
+    dy = torch.randn_like(routes)
+    torch.testing.assert_close(
+        torch.autograd.grad(routes, x, dy)[0],
+        torch.autograd.grad(routes_reference(x, order, channels_last=channels_last), x, dy)[0],
+    )
+    merged = merge(y, order, 3, 5, channels_last=channels_last)
+    dm = torch.randn_like(merged)
+    torch.testing.assert_close(
+        torch.autograd.grad(merged, y, dm)[0],
+        torch.autograd.grad(merge_reference(y, order, 3, 5, channels_last=channels_last), y, dm)[0],
+    )
+    for fn, arg in (
+        (lambda t: split(t, order, channels_last=channels_last), x),
+        (lambda t: merge(t, order, 3, 5, channels_last=channels_last), y),
+    ):
+        assert torch.autograd.gradcheck(fn, (arg,))
+        assert torch.autograd.gradgradcheck(fn, (arg,))
 
 
 @pytest.mark.parametrize("order", ORDERS)
