@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import import_mamba_reference
 from torch.utils.flop_counter import FlopCounterMode
-from visbench.kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from visbench.kernels.causal_conv1d import SHORT_ROWS, causal_conv1d, causal_conv1d_reference
 from visbench.kernels.checks import assert_causal_conv1d_matches_reference
 
 # causal-conv1d's own test tolerances (tests/test_causal_conv1d.py in that repository)
@@ -127,28 +127,38 @@ def test_cpu_kernels_match_reference_gradients_in_every_layout(layout, activatio
 
 @pytest.mark.parametrize(
     ("batch", "dim", "seqlen", "width"),
-    [(1, 64, 150, 4), (3, 32, 300, 7), (2, 5, 3, 4), (1, 48, 1, 2), (2, 600, 9, 4)],
+    [(1, 64, 150, 4), (3, 32, 300, 7), (2, 5, 3, 4), (1, 48, 1, 2), (2, 600, 9, 4), (2, 7, 16, 4)],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("layout", ["channel_last", "contiguous"])
 def test_channel_last_kernels_match_row_kernels_and_reference(
-    batch, dim, seqlen, width, with_bias, activation
+    batch, dim, seqlen, width, with_bias, activation, layout
 ):
     """The channel-last kernels (tiles of steps, several per sample here, a halo, sequences shorter than
-    the width): forward the row kernels' to float rounding, gradients the F.conv1d definition's."""
+    the width; contiguous x takes them too when its rows have at most SHORT_ROWS steps): the forward
+    agrees with the row kernels' to float rounding, gradients with the F.conv1d definition's, and the
+    output and dx come back in x's layout."""
     x, weight, bias = _inputs(
         dim=dim, width=width, seqlen=seqlen, dtype=torch.float32, with_bias=with_bias, batch=batch
     )
-    x_cl = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    out = causal_conv1d(x_cl, weight, bias, activation)
-    assert out.stride() == x_cl.stride()
-    torch.testing.assert_close(out, causal_conv1d(x.detach(), weight, bias, activation), rtol=1e-6, atol=1e-6)
+    x_in = x.detach()
+    if layout == "channel_last":
+        x_in = x_in.transpose(1, 2).contiguous().transpose(1, 2)
+    x_in.requires_grad_()
+    out = causal_conv1d(x_in, weight, bias, activation)
+    assert out.stride() == torch.empty_like(x_in).stride()
+    if layout == "channel_last" and seqlen > SHORT_ROWS:  # the contiguous x of the same values: row kernels
+        torch.testing.assert_close(
+            out, causal_conv1d(x.detach(), weight, bias, activation), rtol=1e-6, atol=1e-6
+        )
     dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
-    leaves = [t for t in (x_cl, weight, bias) if t is not None]
+    leaves = [t for t in (x_in, weight, bias) if t is not None]
     grads = torch.autograd.grad(out, leaves, dout)
     ref = causal_conv1d_reference(x, weight, bias, activation)
+    torch.testing.assert_close(out, ref, rtol=3e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
     grads_ref = torch.autograd.grad(ref, [t for t in (x, weight, bias) if t is not None], dout)
-    assert grads[0].stride() == x_cl.stride()
+    assert grads[0].stride() == torch.empty_like(x_in).stride()
     for got, want in zip(grads, grads_ref):
         torch.testing.assert_close(got, want, rtol=3e-5, atol=1e-5 * max(1.0, float(want.abs().max())))
 
