@@ -11,9 +11,11 @@ from timm.models.mambaout import GatedConvBlock
 from visbench.backbones.blocks import GatedBlock
 from visbench.backbones.mixers import (
     MIXER_ORDERS,
+    SHORT_SEQUENCE,
     AttentionOperator,
     SelectiveScanOperator,
     create_sequence_operator,
+    route_projection,
 )
 from visbench.kernels import scan_orders, selective_scan
 
@@ -178,3 +180,20 @@ def test_gated_block_runs_the_chosen_operator_on_the_mixed_channels(mixer: str, 
     x = torch.randn(2, 4, 4, 32, requires_grad=True)
     block(x).sum().backward()
     assert all(p.grad is not None for p in block.parameters())
+
+
+@pytest.mark.parametrize("length", [1, SHORT_SEQUENCE, SHORT_SEQUENCE + 1, 40])
+def testroute_projection_matches_a_loop_over_samples_and_routes(length):
+    """Both formulations (per-route GEMMs for short sequences, route-batched matmuls for long ones):
+    values and gradients against weight[k] @ x[b, k] written out sample by sample."""
+    gen = torch.Generator().manual_seed(length)
+    weight = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 7, length, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = route_projection(weight, x)
+    want = torch.stack([torch.stack([weight[k] @ x[b, k] for k in range(3)]) for b in range(2)])
+    torch.testing.assert_close(out, want)
+    dout = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    for got, ref in zip(
+        torch.autograd.grad(out, (weight, x), dout), torch.autograd.grad(want, (weight, x), dout)
+    ):
+        torch.testing.assert_close(got, ref)
