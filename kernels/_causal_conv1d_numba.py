@@ -42,6 +42,13 @@ def _pre_activation(x_row, weight_row, bias, padded, pre):
             pre[t] += w * padded[t + k]
 
 
+@njit(inline="always", fastmath=True)
+def _silu_grad(grad, p, one):
+    """grad * d silu(p) / dp = grad * s (1 + p (1 - s)), s = sigmoid(p)."""
+    s = sigmoid(p)
+    return grad * s * (one + p * (one - s))
+
+
 def conv_fwd(x, weight, bias, has_bias, silu, out):
     """out (b, d, L) = act(causal depthwise conv of x (b, d, L) with weight (d, width) and bias (d,))."""
     batch, dim, length = x.shape
@@ -89,11 +96,9 @@ def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, 
             for k in range(width - 1):
                 grad[length + k] = 0.0
             _pre_activation(x[bi, di], weight_row, bias[di] if has_bias else zero, padded, pre)
-            if silu:  # d silu(p) / dp = s (1 + p (1 - s)), s = sigmoid(p)
+            if silu:
                 for t in range(length):
-                    p = pre[t]
-                    s = sigmoid(p)
-                    grad[t] = grad[t] * s * (one + p * (one - s))
+                    grad[t] = _silu_grad(grad[t], pre[t], one)
             bias_sum = zero
             for t in range(length):
                 bias_sum += grad[t]
@@ -130,6 +135,16 @@ def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, 
 
 
 @njit(inline="always", fastmath=True)
+def _tiled_bias(bias, has_bias, tile_steps, dim, dtype):
+    """(tile_steps * d,): bias repeated tile_steps times (zeros without bias)."""
+    tiled = np.zeros(tile_steps * dim, dtype=dtype)
+    if has_bias:
+        for j in range(tile_steps * dim):
+            tiled[j] = bias[j % dim]
+    return tiled
+
+
+@njit(inline="always", fastmath=True)
 def _tiled_weight(weight, tile_steps):
     """(width, tile_steps * d): row k is weight[:, k] repeated tile_steps times (one step's channels)."""
     dim, width = weight.shape
@@ -163,10 +178,7 @@ def conv_fwd_channel_last(x, weight, bias, has_bias, silu, tile_steps, out):
     batch, length, dim = x.shape
     n_tiles = (length + tile_steps - 1) // tile_steps
     w_tiled = _tiled_weight(weight, tile_steps)
-    bias_tiled = np.zeros(tile_steps * dim, dtype=out.dtype)
-    if has_bias:
-        for j in range(tile_steps * dim):
-            bias_tiled[j] = bias[j % dim]
+    bias_tiled = _tiled_bias(bias, has_bias, tile_steps, dim, out.dtype)
     for item in prange(batch * n_tiles):
         bi = item // n_tiles
         start = (item % n_tiles) * tile_steps * dim
@@ -201,11 +213,8 @@ def conv_bwd_channel_last(
     tiles_per_group = (n_tiles + n_groups - 1) // n_groups
     tile = tile_steps * dim
     halo = (width - 1) * dim
-    w_tiled = _tiled_weight(weight, tile_steps + width - 1)
-    bias_tiled = np.zeros(tile + halo, dtype=dx.dtype)
-    if has_bias:
-        for j in range(bias_tiled.shape[0]):
-            bias_tiled[j] = bias[j % dim]
+    w_tiled = _tiled_weight(weight, tile_steps + width - 1)  # the tile and its halo
+    bias_tiled = _tiled_bias(bias, has_bias, tile_steps + width - 1, dim, dx.dtype)
     for item in prange(batch * n_groups):
         bi = item // n_groups
         tile_lo = (item % n_groups) * tiles_per_group
@@ -229,12 +238,10 @@ def conv_bwd_channel_last(
                 grad[j] = dout_tile[j]
             for j in range(n_ext, n + halo):
                 grad[j] = zero
-            if silu:  # d silu(p) / dp = s (1 + p (1 - s)), s = sigmoid(p)
+            if silu:
                 _tile_pre_activation(x_flat, w_tiled, bias_tiled, start, n_ext, dim, pre)
                 for j in range(n_ext):
-                    p = pre[j]
-                    sg = sigmoid(p)
-                    grad[j] = grad[j] * sg * (one + p * (one - sg))
+                    grad[j] = _silu_grad(grad[j], pre[j], one)
             for j in range(n):
                 db_tiled[j] += grad[j]
             # dw[c, k] += sum over the tile's steps of grad[t] x[t - (width - 1 - k)]

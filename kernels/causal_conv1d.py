@@ -213,7 +213,10 @@ def _cpu_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> 
 def _cpu_backward(
     x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx in x's layout when the kernels allow it, dweight, dbias); see :func:`_cpu_forward`."""
+    """(dx in x's layout when the kernels allow it, dweight, dbias); see :func:`_cpu_forward`.
+
+    The kernels write per-work-item weight and bias gradients, summed here (deterministic, no atomics).
+    """
     xc, w, b, kern = _cpu_operands(x, weight, bias)
     grad = dout.to(xc.dtype)
     batch, dim, length = xc.shape
@@ -237,23 +240,22 @@ def _cpu_backward(
             _numpy(dweight_part),
             _numpy(dbias_part),
         )
-        dweight = dweight_part.sum(0)
-        dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias_part.sum(0).to(bias.dtype)
-        return dx_steps.transpose(1, 2).to(x.dtype), dweight.to(weight.dtype), dbias
-    dx = torch.empty_like(xc)
-    dweight_part, dbias_part = w.new_empty(batch, *w.shape), w.new_empty(batch, dim)
-    kern.kernel("conv_bwd", _numpy(dx).dtype)(
-        _numpy(xc),
-        _numpy(w),
-        _numpy(b),
-        bias is not None,
-        silu,
-        _numpy(grad),
-        work_blocks(batch, dim),
-        _numpy(dx),
-        _numpy(dweight_part),
-        _numpy(dbias_part),
-    )
+        dx = dx_steps.transpose(1, 2)
+    else:
+        dx = torch.empty_like(xc)
+        dweight_part, dbias_part = w.new_empty(batch, *w.shape), w.new_empty(batch, dim)
+        kern.kernel("conv_bwd", _numpy(dx).dtype)(
+            _numpy(xc),
+            _numpy(w),
+            _numpy(b),
+            bias is not None,
+            silu,
+            _numpy(grad),
+            work_blocks(batch, dim),
+            _numpy(dx),
+            _numpy(dweight_part),
+            _numpy(dbias_part),
+        )
     dweight = dweight_part.sum(0)
     dbias = weight.new_zeros((weight.shape[0],)) if bias is None else dbias_part.sum(0).to(bias.dtype)
     return dx.to(x.dtype), dweight.to(weight.dtype), dbias
