@@ -84,6 +84,43 @@ def test_cpu_backward_across_checkpoint_chunks(length, monkeypatch):
     assert_backend_matches_ref("cpu", case, torch.float32)
 
 
+@pytest.mark.parametrize("block_dims", [1, 3, 5])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_tiles_and_blocks_of_dims(block_dims, layout, monkeypatch):
+    """The numba kernels walk time in tiles (FORWARD_TILE, BACKWARD_CHUNK steps) and split each group's
+    dims into blocks of at most MAX_BLOCK_DIMS (blocks that do not divide the group, and empty ones):
+    small values cross every border, in both input layouts."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(scan_cpu, "FORWARD_TILE", 7)
+    monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", 6)
+    monkeypatch.setattr(scan_cpu, "MAX_BLOCK_DIMS", block_dims)
+    case = ScanCase(2, 16, 4, 23, "grouped", True, True, True, True, True)
+    dout = torch.randn(2, 16, 23, generator=torch.Generator().manual_seed(2))
+    want = _grads_through_layout(functools.partial(selective_scan, backend="ref"), case, "contiguous", dout)
+    got = _grads_through_layout(functools.partial(selective_scan, backend="cpu"), case, layout, dout)
+    torch.testing.assert_close(got[0], want[0], rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(got[1], want[1], rtol=6e-4, atol=2e-3)
+    for name, expected in want[2].items():
+        scale = max(1.0, float(expected.abs().max()))
+        torch.testing.assert_close(got[2][name], expected, rtol=1.2e-3, atol=4e-3 * scale, msg=name)
+
+
+def test_cpu_outputs_keep_a_channel_last_layout():
+    """A channel-last u (a (b, d, L) view of (b, L, d) memory) is read as it is, and the output and
+    du come back in that layout, so the caller's next op reads them without a copy."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    case = ScanCase(2, 8, 4, 11, "grouped", False, True, True, True, False)
+    made = make_inputs(case, torch.float32)
+    inputs = {k: None if v is None else _channels_last(k, v) for k, v in made.items()}
+    u = inputs.pop("u").requires_grad_(True)
+    out = selective_scan(u, **inputs, delta_softplus=True, backend="cpu")
+    assert out.transpose(1, 2).is_contiguous()
+    (du,) = torch.autograd.grad(out, u, torch.randn_like(out))
+    assert du.transpose(1, 2).is_contiguous()
+
+
 def test_grouped_B_with_shared_C():
     """B grouped (b, G, N, L) with C shared (b, N, L): each keeps its own layout and gradient shape."""
     case = ScanCase(2, 8, 4, 9, "grouped", False, True, False, False, False)
