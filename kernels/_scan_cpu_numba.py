@@ -556,6 +556,13 @@ def scan_bwd(
             dbias_part[bi, lo + j] = dbias_acc[j]
 
 
+def exp_into(x, out):
+    """out = fast_exp(x) element-wise: the kernels' own exponential, so that a floor can be set at
+    the rate this machine does it (``visbench scan-bench``)."""
+    for i in prange(x.shape[0]):
+        out[i] = fast_exp(x[i])
+
+
 def reduce_transpose(part, out):
     """out (b, g, n, l) = part (b, g, blocks, l, n) summed over blocks, in B's own layout."""
     batch, groups, n_blocks, length, dstate = part.shape
@@ -576,6 +583,7 @@ _FLAGS = dict(parallel=True, cache=True, fastmath=True)
 scan_fwd = njit(**_FLAGS)(scan_fwd)
 scan_bwd = njit(**_FLAGS)(scan_bwd)
 reduce_transpose = njit(**_FLAGS)(reduce_transpose)
+exp_into = njit(**_FLAGS)(exp_into)
 
 # Argument kinds per kernel: "A3" a 3-D array of any strides, "C2" a 2-D C-contiguous one, "b" a flag,
 # "i" an integer. The (b, d, L) inputs take any strides; everything else is contiguous.
@@ -586,8 +594,14 @@ _ARGS = {
         *("A3", "A3", "A3", "C3", "C5", "C5", "C2", "C2"),
     ),
     "reduce_transpose": ("C5", "C4"),
+    "exp_into": ("C1", "C1"),
 }
-_KERNELS = {"scan_fwd": scan_fwd, "scan_bwd": scan_bwd, "reduce_transpose": reduce_transpose}
+_KERNELS = {
+    "scan_fwd": scan_fwd,
+    "scan_bwd": scan_bwd,
+    "reduce_transpose": reduce_transpose,
+    "exp_into": exp_into,
+}
 
 
 def _signature(name: str, dtype: np.dtype) -> tuple:
@@ -639,6 +653,7 @@ def set_threads(n: int) -> None:
 
 __all__ = [
     "compiled_for",
+    "exp_into",
     "fast_exp",
     "kernel",
     "reduce_transpose",

@@ -32,3 +32,48 @@ def test_cli_parses_quick(capsys):
     scan_bench.add_arguments(parser)
     args = parser.parse_args(["--quick", "--repeats", "1"])
     assert args.quick and args.repeats == 1 and args.device == "cpu"
+
+
+def test_floor_is_the_larger_of_compute_and_memory_time():
+    """The forward's floor: exps and multiply-adds at their rates (added), against bytes at the copy rate."""
+    work = scan_bench.forward_work(2, 192, 16, 3136)
+    steps = 2 * 192 * 3136
+    assert work == {
+        "exps": steps * 16 + 2 * steps,
+        "madds": 4 * steps * 16,
+        "bytes": 4 * (4 * steps + 2 * 2 * 16 * 3136),
+    }
+    rates = {"exp_per_s": 1e9, "madd_per_s": 1e11, "bytes_per_s": 1e10, "exp_source": "the kernels' exp"}
+    floor = scan_bench.floor_seconds(work, rates)
+    assert floor["compute_s"] == pytest.approx(work["exps"] / 1e9 + work["madds"] / 1e11)
+    assert floor["floor_s"] == max(floor["compute_s"], floor["memory_s"])
+    case = next(c for c in scan_bench.cases(quick=True, device="cpu") if c.mode == "fwd")
+    text, row = scan_bench.floor_report(case, 2.5 * floor["floor_s"], rates)
+    assert "(the kernels' exp)" in text and "2.5x the floor" in text and "met" in text
+    assert row["floor_ratio"] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    ("kernel_seconds", "source"), [(1e-9, "the kernels' exp"), (None, "torch.exp"), (1e3, "torch.exp")]
+)
+def test_rates_take_the_faster_exponential(kernel_seconds, source, monkeypatch):
+    """The exp rate is the faster of torch.exp and the kernels' own (a floor at the slower is none)."""
+    monkeypatch.setattr(scan_bench, "_kernel_exp_seconds", lambda x, y, repeats: kernel_seconds)
+    rates = scan_bench.measure_rates(repeats=2)
+    assert rates["exp_source"] == source
+    if kernel_seconds == 1e-9:
+        assert rates["exp_per_s"] == pytest.approx((1 << 18) / 1e-9)
+    assert all(rates[k] > 0 for k in ("exp_per_s", "madd_per_s", "bytes_per_s"))
+
+
+def test_the_kernels_exponential_is_timed_when_numba_is_there():
+    """The kernels' own exp, timed for the floor, agrees with torch.exp to float32 rounding."""
+    import torch
+    from visbench.kernels import scan_cpu
+
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    x = -4.0 * torch.rand(1 << 10)
+    y = torch.empty_like(x)
+    assert scan_bench._kernel_exp_seconds(x, y, repeats=2) > 0
+    torch.testing.assert_close(y, torch.exp(x), rtol=2e-7, atol=0)
