@@ -55,7 +55,8 @@ BACKWARD_CHUNK = 64
 # Steps per tile in the numba forward (its (step, dim) buffers are all it keeps besides the state).
 FORWARD_TILE = 64
 # At most this many dims per backward work item: its buffers grow with the block, and its dB / dC
-# partial sums with the number of blocks.
+# partial sums with the number of blocks. Larger blocks did not run faster: one group of 128 dims as
+# one block against two of 64, 2.12 against 2.04 ns per state update (1 thread, b 8, L 784, 21 rounds).
 MAX_BLOCK_DIMS = 64
 _forced: str | None = None
 
