@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import flop_registry, register_flop_formula
+from visbench.kernels.layouts import in_layout_of
 from visbench.kernels.scan_cpu import work_blocks
 
 __all__ = ["ACTIVATIONS", "causal_conv1d", "causal_conv1d_reference", "package_available"]
@@ -143,16 +144,6 @@ def _use_numba(x: Tensor) -> bool:
 
 def _numpy(t: Tensor) -> Any:
     return t.detach().numpy()
-
-
-def _in_layout_of(x: Tensor, t: Tensor) -> Tensor:
-    """``t`` in the strides of ``torch.empty_like(x)``, the op's output layout (copied if they differ).
-
-    The strides are read off a meta tensor, so the common case (they match) allocates nothing.
-    """
-    if t.stride() == torch.empty_like(x, device="meta").stride():
-        return t
-    return torch.empty_like(x, dtype=t.dtype).copy_(t)
 
 
 def _cpu_operands(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -275,10 +266,10 @@ def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool
         fwd, _ = _package_functions()
         x_in = x if x.stride(-1) == 1 else x.contiguous()
         bias = None if bias is None else bias.contiguous()
-        return _in_layout_of(x, fwd(x_in, weight.contiguous(), bias, None, None, None, silu))
+        return in_layout_of(x, fwd(x_in, weight.contiguous(), bias, None, None, None, silu))
     if _use_numba(x):
-        return _in_layout_of(x, _cpu_forward(x, weight, bias, silu))
-    return _in_layout_of(x, causal_conv1d_reference(x, weight, bias, "silu" if silu else None))
+        return in_layout_of(x, _cpu_forward(x, weight, bias, silu))
+    return in_layout_of(x, causal_conv1d_reference(x, weight, bias, "silu" if silu else None))
 
 
 @_causal_conv1d_op.register_fake
@@ -299,10 +290,10 @@ def _causal_conv1d_bwd_op(
         dx, dweight, dbias, _ = bwd(x_in, weight.contiguous(), b, dout, None, None, None, None, False, silu)
         if dbias is None:
             dbias = weight.new_zeros((weight.shape[0],))
-        return _in_layout_of(x, dx), dweight, dbias
+        return in_layout_of(x, dx), dweight, dbias
     if _use_numba(x):
         dx, dweight, dbias = _cpu_backward(x, weight, bias, dout, silu)
-        return _in_layout_of(x, dx), dweight, dbias
+        return in_layout_of(x, dx), dweight, dbias
 
     dim, width = weight.shape
     seqlen = x.shape[-1]
@@ -324,7 +315,7 @@ def _causal_conv1d_bwd_op(
             dx[..., : seqlen - shift].addcmul_(grad[..., shift:], w[:, k, None])
             dweight[:, k] = (grad[..., shift:] * x_c[..., : seqlen - shift]).sum(dim=(0, 2))
     dbias = weight.new_zeros((dim,)) if bias is None else grad.sum(dim=(0, 2)).to(bias.dtype)
-    return _in_layout_of(x, dx.to(x.dtype)), dweight.to(weight.dtype), dbias
+    return in_layout_of(x, dx.to(x.dtype)), dweight.to(weight.dtype), dbias
 
 
 @_causal_conv1d_bwd_op.register_fake

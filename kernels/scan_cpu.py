@@ -102,14 +102,6 @@ def _along_time(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.stride(1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _like_time_major(u: torch.Tensor) -> torch.Tensor:
-    """An empty (b, d, L) output in u's layout: channel-last when u is, so its tiles are written along
-    the unit stride (and the caller's next op reads it as it is)."""
-    if u.stride(1) == 1 and u.stride(-1) != 1:
-        return u.new_empty(u.shape[0], u.shape[2], u.shape[1]).transpose(1, 2)
-    return u.new_empty(u.shape)
-
-
 def _bt(t: torch.Tensor) -> torch.Tensor:
     """(b, g, N, L) -> (b, g, L, N) contiguous, the layout of the kernels' inner loop over N: no copy
     when B is that layout in memory already, one copy (of a tensor dims-per-group times smaller than
@@ -136,7 +128,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool
         return _scan_cpu_torch.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     kern = _numba_module()
     batch, dim, length = u.shape
-    out = _like_time_major(u)
+    out = torch.empty_like(u)  # u's layout (visbench.kernels.layouts)
     last_state = u.new_empty(batch, dim, A.shape[1])
     _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
     return out, last_state
@@ -192,8 +184,8 @@ def selective_scan_bwd(
     groups, dstate = B.shape[1], A.shape[1]
     n_blocks = max(work_blocks(batch * groups, dim // groups), -(-(dim // groups) // MAX_BLOCK_DIMS))
     chunk = max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
-    du, ddelta = _like_time_major(u), _like_time_major(delta)
-    dz = _like_time_major(z) if z is not None else _dummy(u, 3)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)  # their inputs' layouts
+    dz = torch.empty_like(z) if z is not None else _dummy(u, 3)
     dA_part = u.new_empty(batch, dim, dstate)
     dBt_part = u.new_empty(batch, groups, n_blocks, length, dstate)  # each work item zeroes its slice
     dCt_part = u.new_empty(batch, groups, n_blocks, length, dstate)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 from visbench.kernels import scan_ref
+from visbench.kernels.layouts import in_layout_of
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "available_backends", "resolve_backend", "selective_scan"]
 
@@ -241,25 +242,10 @@ def _normalise_bc(t: Tensor, batch: int, length: int, dtype: torch.dtype, stride
 # ----------------------------------------------------------------------------- the custom ops
 
 
-def _channel_last(t: Tensor) -> bool:
-    """Whether a (b, d, L) tensor is a view of (b, L, d) memory (d unit-stride, L not)."""
-    return t.dim() == 3 and t.stride(1) == 1 and t.stride(2) != 1
-
-
-def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
-    """t (shaped as ``like``) channel-last when ``like`` is, contiguous otherwise: the op's outputs and
-    gradients follow their input's layout (a copy only where a back end wrote another one)."""
-    if _channel_last(like):
-        return t if _channel_last(t) else t.transpose(1, 2).contiguous().transpose(1, 2)
-    return t.contiguous()
-
-
-def _empty_in_layout_of(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """An empty tensor shaped as ``like`` in the layout :func:`_in_layout_of` gives."""
-    dtype = dtype or like.dtype
-    if _channel_last(like):
-        return like.new_empty(like.shape[0], like.shape[2], like.shape[1], dtype=dtype).transpose(1, 2)
-    return like.new_empty(like.shape, dtype=dtype)
+# The (b, d, L) inputs whose outputs and gradients follow their layout (visbench.kernels.layouts): a
+# channel-last u gives a channel-last out and du. The others' gradients are contiguous.
+_LAYOUT_FOLLOWS = ("u", "delta", "z")
+_INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 @torch.library.custom_op("visbench::selective_scan_fwd", mutates_args=())
@@ -278,13 +264,13 @@ def _scan_fwd_op(
     out, last_state = _backend_module(backend).selective_scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus
     )
-    return _in_layout_of(out.to(u.dtype), u), last_state.to(u.dtype).contiguous()
+    return in_layout_of(u, out.to(u.dtype)), last_state.to(u.dtype).contiguous()
 
 
 @_scan_fwd_op.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    # The real outputs' strides: out in u's layout (channel-last or contiguous), last_state contiguous.
-    return _empty_in_layout_of(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    # The real outputs' strides: out in u's layout (visbench.kernels.layouts), last_state contiguous.
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
 
 
 @torch.library.custom_op("visbench::selective_scan_bwd", mutates_args=())
@@ -308,15 +294,23 @@ def _scan_bwd_op(
     grads = module.selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [
-        u.new_empty(0) if x is None else _in_layout_of(g.to(x.dtype).reshape(x.shape), x)
-        for g, x in zip(grads, inputs, strict=True)
+        u.new_empty(0) if x is None else _grad_layout(name, x, g.to(x.dtype).reshape(x.shape))
+        for name, g, x in zip(_INPUT_NAMES, grads, inputs, strict=True)
     ]
+
+
+def _grad_layout(name: str, x: Tensor, grad: Tensor) -> Tensor:
+    """Input ``name``'s gradient in its layout (u, delta, z) or contiguous (the rest)."""
+    return in_layout_of(x, grad) if name in _LAYOUT_FOLLOWS else grad.contiguous()
 
 
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    return [u.new_empty(0) if x is None else _empty_in_layout_of(x) for x in inputs]
+    return [
+        u.new_empty(0) if x is None else _grad_layout(name, x, x.new_empty(x.shape))
+        for name, x in zip(_INPUT_NAMES, inputs, strict=True)
+    ]
 
 
 def _setup_context(ctx, inputs, output) -> None:
