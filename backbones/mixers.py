@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from visbench.backbones.param_tags import exclude_from_weight_decay
-from visbench.kernels import causal_conv1d, scan_orders, selective_scan
+from visbench.kernels import causal_conv1d, reads_strided, scan_orders, selective_scan
 
 __all__ = [
     "MIXER_ORDERS",
@@ -75,7 +75,10 @@ class RouteConvFront(nn.Module):
     """Mamba's causal depthwise conv1d + SiLU, applied along each route of ``order``.
 
     Input ``(B, H, W, C)``; output ``(B, K, C, L)`` with ``K`` routes and ``L = H * W``, each route
-    with its own conv weights.
+    with its own conv weights. ``channel_last`` picks the memory the routes are written in: token-major
+    ``(B, L, K, C)`` (dims unit-stride: what the ``cpu`` scan and conv1d read fastest) or rows
+    ``(B, K, C, L)`` (what the GPU kernels read); the values are the same. A causal order is a view of
+    the map either way.
     """
 
     def __init__(self, dim: int, order: str, d_conv: int = 4) -> None:
@@ -89,29 +92,36 @@ class RouteConvFront(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        xs = scan_orders.split(_channels_first(x), self.routes)  # (B, K, C, L)
-        xs = causal_conv1d(xs.reshape(b, self.num_routes * c, h * w), self.weight, self.bias, "silu")
-        return xs.view(b, self.num_routes, c, h * w)
+    def forward(self, x: torch.Tensor, channel_last: bool = True) -> torch.Tensor:
+        if channel_last:
+            xs = scan_orders.split(x, self.routes, channels_last=True).transpose(2, 3)
+        else:
+            xs = scan_orders.split(_channels_first(x), self.routes)
+        routes = xs.shape[1]  # (B, K, C, L), either memory; flattening K and C is a view of both
+        xs = causal_conv1d(xs.flatten(1, 2), self.weight, self.bias, "silu")
+        return xs.unflatten(1, (routes, -1))
 
 
-# Sequences of at most this many tokens take the per-route GEMMs in route_projection.
+# Row-layout sequences longer than this take the B * K GEMMs in route_projection.
 SHORT_SEQUENCE = 16
 
 
 def route_projection(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-route projection ``out[b, k] = weight[k] @ x[b, k]``: (K, O, I) x (B, K, I, L) -> (B, K, O, L).
 
-    Long sequences: route-batched matmuls (B * K GEMMs of O x I x L), whose (B, K, O, L) output has L
-    unit-stride, the layout the scan reads as it is. Short ones (L <= SHORT_SEQUENCE, a hierarchical
-    model's last stages): one GEMM per route over all B * L tokens (einsum), as B * K GEMMs with so
-    few columns run far below the GEMM rate. Measured at one thread, fwd + bwd, B 128, K 4: L = 4,
-    I = 64: 3.5 -> 0.7 ms; L = 1, I = 96: 7.4 -> 0.3 ms; at L = 64 and 1024 the matmuls were faster.
+    The output follows the input's layout. Rows (L unit-stride, longer than SHORT_SEQUENCE): B * K
+    GEMMs of O x I x L, output rows too (what the GPU scans read). Otherwise (channel-last tokens, or
+    short rows: a hierarchical model's last stages): one GEMM per route over all B * L tokens, the
+    output a view of route-major (K, B, L, O) memory, dims unit-stride, which the ``cpu`` scan reads
+    as it is. B * K GEMMs with few columns run far below the GEMM rate: measured at one thread, fwd +
+    bwd, B 128, K 4: L = 4, I = 64: 3.5 -> 0.7 ms; L = 1, I = 96: 7.4 -> 0.3 ms.
     """
-    if x.shape[-1] <= SHORT_SEQUENCE:
-        return torch.einsum("koi,bkil->bkol", weight, x)
-    return torch.matmul(weight, x)
+    batch, routes, _, length = x.shape
+    if x.stride(-1) == 1 and length > SHORT_SEQUENCE:
+        return torch.matmul(weight, x)
+    tokens = x.permute(1, 0, 3, 2).reshape(routes, batch * length, x.shape[2])  # a view unless rows
+    out = torch.bmm(tokens, weight.transpose(1, 2))  # (K, B * L, O)
+    return out.view(routes, batch, length, -1).permute(1, 0, 3, 2)
 
 
 class SelectiveScanOperator(nn.Module):
@@ -158,14 +168,16 @@ class SelectiveScanOperator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        xs = self.front(x)  # (B, K, C, L)
-        k, length, r, n = xs.shape[1], h * w, self.dt_rank, self.d_state
+        # The layout the scan's back end reads best: channel-last and route-major views for `cpu`,
+        # rows for the GPU kernels. The same values either way (tests/test_mixers.py).
+        xs = self.front(x, channel_last=reads_strided(x.device, self.backend))  # (B, K, C, L)
+        k, r, n = xs.shape[1], self.dt_rank, self.d_state
         x_dbl = route_projection(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
         dts = route_projection(self.dt_proj_weight, dts)  # (B, K, C, L)
-        y = selective_scan(  # B, C as views: the op copies them at most once, into its own layout
-            xs.reshape(b, k * c, length),
-            dts.reshape(b, k * c, length),
+        y = selective_scan(  # grouped (B, K, C, L) views; B, C copied at most once, into the op's layout
+            xs,
+            dts,
             -torch.exp(self.A_log.float()),
             bs,
             cs,
@@ -174,10 +186,8 @@ class SelectiveScanOperator(nn.Module):
             delta_softplus=True,
             backend=self.backend,
         )
-        y = scan_orders.merge(y.view(b, k, c, length).to(x.dtype), self.front.routes, h, w)
-        if k > 1:
-            y = y / k
-        return _channels_last(y)
+        y = scan_orders.merge(y.transpose(2, 3).to(x.dtype), self.front.routes, h, w, channels_last=True)
+        return y / k if k > 1 else y
 
 
 class AttentionOperator(nn.Module):

@@ -5,6 +5,6 @@
 
 from visbench.kernels import scan_orders
 from visbench.kernels.causal_conv1d import causal_conv1d
-from visbench.kernels.selective_scan import available_backends, selective_scan
+from visbench.kernels.selective_scan import available_backends, reads_strided, selective_scan
 
-__all__ = ["available_backends", "causal_conv1d", "scan_orders", "selective_scan"]
+__all__ = ["available_backends", "causal_conv1d", "reads_strided", "scan_orders", "selective_scan"]

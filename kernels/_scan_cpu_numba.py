@@ -7,9 +7,9 @@ outside them except the outputs, and no (batch, dim, L, N) tensor is ever built.
 Work items are (sample, group, block of dims): the dims of a group share B_t and C_t, so the state
 is held as (N, dims) and every loop over a step's states runs an inner loop over the block's dims,
 long and unit-stride, instead of a 16-long loop over N per chain. Time is walked in tiles of a few
-dozen steps laid out (step, dim): each tile of u, delta, z and dout is read from its (b, d, L) input
-along that input's unit stride (time for rows, dims for a channel-last view), and the outputs'
-tiles are written back the same way.
+dozen steps laid out (step, dim): each tile of u, delta, z and dout is read from its (b, g, d/g, L)
+input (g as B's groups) along that input's unit stride (time for rows, dims for a channel-last
+view), and the outputs' tiles are written back the same way.
 
 Forward: per tile, dt and dt u (vectorised over the tile), then the recurrence and y = C x + D u in
 one loop per state, then the gate.
@@ -21,10 +21,11 @@ off the adjoint in the same loop over dims. The gradients of B and C sum over a 
 dA, dD, ddelta_bias over the batch), so each item owns a private slice of a partial-sum buffer that
 :func:`reduce_transpose` (or the caller) reduces afterwards (no atomics, deterministic results).
 
-Arrays arrive float32 or float64. The (b, d, L) arrays (u, delta, z, dout and the row outputs) come
-in any strides ('A' layout: the caller passes views, not copies); the rest is C-contiguous, with B
-and C transposed to (b, g, L, N). Each kernel is compiled for exactly one signature per dtype
-(:func:`kernel`), so a new layout never triggers a new compile; numba caches them on disk.
+Arrays arrive float32 or float64. The (b, g, d/g, L) arrays (u, delta, z, dout and the row outputs)
+come in any strides, each group its own ('A' layout: the caller passes views, not copies); the rest
+is C-contiguous, with B and C transposed to (b, g, L, N). Each kernel is compiled for exactly one
+signature per dtype (:func:`kernel`), so a new layout never triggers a new compile; numba caches
+them on disk.
 Absent inputs (z, D, delta_bias) are 1-element dummies with a has_* flag.
 """
 
@@ -172,14 +173,14 @@ def _one_like_overload(x):
 # and unit-stride. With the loop over N innermost (one chain at a time, N = 16: two or four SIMD
 # iterations per loop) each step paid a loop's fixed cost many times over; measured at one thread
 # (batch 8, dim 128, two groups, L 784, N 16): forward 0.60 -> 0.35 ns per update, backward
-# 2.2-2.4 -> 1.3-1.4. The (b, d, L) inputs arrive in any strides and are read row by row into the
+# 2.2-2.4 -> 1.3-1.4. The (b, g, d/g, L) inputs arrive in any strides and are read row by row into the
 # tiles (a transposing copy, a few per cent of the time); the outputs are written back the same way.
 
 
 @njit(inline="always", fastmath=True)
 def _load_tile(rows, lo, t0, steps, tile):
-    """tile[s, j] = rows[lo + j, t0 + s] for the first ``steps`` steps (rows: one sample's (d, L)),
-    walking the source along its unit stride: time for rows, dims for a channel-last layout."""
+    """tile[s, j] = rows[lo + j, t0 + s] for the first ``steps`` steps (rows: one sample's group,
+    (d/g, L)), walking the source along its unit stride: time for rows, dims for channel-last."""
     if rows.strides[0] < rows.strides[1]:
         for s in range(steps):
             step = rows[:, t0 + s]
@@ -285,17 +286,17 @@ def scan_fwd(
     out,
     last_state,
 ):
-    """out = (y + D u) * silu(z) (b, d, l), last_state (b, d, n).
+    """out = (y + D u) * silu(z) (b, g, d/g, l), last_state (b, d, n).
 
-    u, delta, z (b, d, l); A (d, n); Bt, Ct (b, g, l, n); D, delta_bias (d,). Work items are
+    u, delta, z (b, g, d/g, l); A (d, n); Bt, Ct (b, g, l, n); D, delta_bias (d,). Work items are
     (sample, group, block of dims); each walks time in tiles of ``tile`` steps, the state (N, dims)
     in L1.
     """
-    batch, dim, length = u.shape
+    batch, groups, dims_per_group, length = u.shape
     dstate = A.shape[1]
-    groups = Bt.shape[1]
     for item in prange(batch * groups * n_blocks):
-        bi, gi, _, lo, nd = _block_bounds(item, groups, n_blocks, dim // groups)
+        bi, gi, _, lo, nd = _block_bounds(item, groups, n_blocks, dims_per_group)
+        lo_g = lo - gi * dims_per_group  # the block's first dim within its group
         zero = zero_like(A[0, 0])
         a_blk = _block_of_A(A, lo, nd)
         bias = _vector_or_fill(delta_bias, has_bias, lo, nd, zero)
@@ -308,7 +309,9 @@ def scan_fwd(
         y = np.empty((tile, nd), dtype=out.dtype)
         for t0 in range(0, length, tile):
             steps = min(tile, length - t0)
-            _time_step_tile(delta[bi], u[bi], lo, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu)
+            _time_step_tile(
+                delta[bi, gi], u[bi, gi], lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu
+            )
             for s in range(steps):
                 b_row = Bt[bi, gi, t0 + s]
                 c_row = Ct[bi, gi, t0 + s]
@@ -329,14 +332,14 @@ def scan_fwd(
                         y_s[j] += state * ck
             if has_z:
                 z_tile = raw  # reuse the buffer
-                _load_tile(z[bi], lo, t0, steps, z_tile)
+                _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
                 for s in range(steps):
                     y_s = y[s]
                     z_s = z_tile[s]
                     for j in range(nd):
                         zj = z_s[j]
                         y_s[j] = y_s[j] * zj * sigmoid(zj)
-            _store_tile(y, steps, out[bi], lo, t0)
+            _store_tile(y, steps, out[bi, gi], lo_g, t0)
         for j in range(nd):
             for k in range(dstate):
                 last_state[bi, lo + j, k] = x[k, j]
@@ -369,16 +372,17 @@ def scan_bwd(
 ):
     """Gradients by recomputation; see the module docstring for the scheme.
 
-    Outputs: du, ddelta, dz (b, d, l; dz a dummy without z); dA_part (b, d, n), dD_part and
+    Outputs: du, ddelta, dz (b, g, d/g, l; dz a dummy without z); dA_part (b, d, n), dD_part and
     dbias_part (b, d), summed over b by the caller; dBt_part, dCt_part (b, g, n_blocks, l, n), summed
     over blocks by the caller (:func:`reduce_transpose`). Every output element is written here.
     """
-    batch, dim, length = u.shape
+    batch, groups, dims_per_group, length = u.shape
     dstate = A.shape[1]
-    groups = Bt.shape[1]
     n_chunks = (length + chunk - 1) // chunk
     for item in prange(batch * groups * n_blocks):
-        bi, gi, blk, lo, nd = _block_bounds(item, groups, n_blocks, dim // groups)
+        bi, gi, blk, lo, nd = _block_bounds(item, groups, n_blocks, dims_per_group)
+        lo_g = lo - gi * dims_per_group  # the block's first dim within its group
+        u_rows, delta_rows = u[bi, gi], delta[bi, gi]
         zero = zero_like(A[0, 0])
         one = one_like(A[0, 0])
         a_blk = _block_of_A(A, lo, nd)
@@ -412,7 +416,7 @@ def scan_bwd(
         # fails LLVM's run-time overlap check and sends the loop to its scalar version (9x slower).
         for c in range(n_chunks - 1):
             t0 = c * chunk
-            _time_step_tile(delta[bi], u[bi], lo, t0, chunk, bias, delta_softplus, raw, dt, u_tile, dtu)
+            _time_step_tile(delta_rows, u_rows, lo_g, t0, chunk, bias, delta_softplus, raw, dt, u_tile, dtu)
             for s in range(chunk):
                 b_row = Bt[bi, gi, t0 + s]
                 dt_s = dt[s]
@@ -434,10 +438,10 @@ def scan_bwd(
         for c in range(n_chunks - 1, -1, -1):
             t0 = c * chunk
             steps = min(chunk, length - t0)
-            _time_step_tile(delta[bi], u[bi], lo, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu)
-            _load_tile(dout[bi], lo, t0, steps, g)
+            _time_step_tile(delta_rows, u_rows, lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu)
+            _load_tile(dout[bi, gi], lo_g, t0, steps, g)
             if has_z:
-                _load_tile(z[bi], lo, t0, steps, z_tile)
+                _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
                 for s in range(steps):
                     g_s = g[s]
                     z_s = z_tile[s]
@@ -546,9 +550,9 @@ def scan_bwd(
                         zj = z_s[j]
                         sz = sigmoid(zj)
                         pre_s[j] = dout_s[j] * pre_s[j] * sz * (one + zj * (one - sz))
-                _store_tile(pre, steps, dz[bi], lo, t0)
-            _store_tile(du_tile, steps, du[bi], lo, t0)
-            _store_tile(ddt, steps, ddelta[bi], lo, t0)
+                _store_tile(pre, steps, dz[bi, gi], lo_g, t0)
+            _store_tile(du_tile, steps, du[bi, gi], lo_g, t0)
+            _store_tile(ddt, steps, ddelta[bi, gi], lo_g, t0)
         for j in range(nd):
             for k in range(dstate):
                 dA_part[bi, lo + j, k] = dA_acc[k, j]
@@ -585,13 +589,13 @@ scan_bwd = njit(**_FLAGS)(scan_bwd)
 reduce_transpose = njit(**_FLAGS)(reduce_transpose)
 exp_into = njit(**_FLAGS)(exp_into)
 
-# Argument kinds per kernel: "A3" a 3-D array of any strides, "C2" a 2-D C-contiguous one, "b" a flag,
-# "i" an integer. The (b, d, L) inputs take any strides; everything else is contiguous.
+# Argument kinds per kernel: "A4" a 4-D array of any strides, "C2" a 2-D C-contiguous one, "b" a flag,
+# "i" an integer. The (b, g, d/g, L) inputs take any strides; everything else is contiguous.
 _ARGS = {
-    "scan_fwd": ("A3", "A3", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A3", "b", "i", "i", "A3", "C3"),
+    "scan_fwd": ("A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "A4", "C3"),
     "scan_bwd": (
-        *("A3", "A3", "A3", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A3", "b", "i", "i"),
-        *("A3", "A3", "A3", "C3", "C5", "C5", "C2", "C2"),
+        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i"),
+        *("A4", "A4", "A4", "C3", "C5", "C5", "C2", "C2"),
     ),
     "reduce_transpose": ("C5", "C4"),
     "exp_into": ("C1", "C1"),
@@ -620,7 +624,7 @@ def _signature(name: str, dtype: np.dtype) -> tuple:
 def kernel(name: str, dtype: np.dtype):
     """The kernel ``name`` compiled (or loaded from numba's cache) for ``dtype``, one signature.
 
-    Compilation is switched off between calls, so (b, d, L) arrays of any layout use this one
+    Compilation is switched off between calls, so (b, g, d/g, L) arrays of any layout use this one
     version (numba converts a contiguous array to 'A') instead of compiling one per layout.
     """
     return compiled_for(_KERNELS[name], _signature(name, dtype))

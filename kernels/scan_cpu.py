@@ -10,11 +10,12 @@ vectorised loops over (step, dim) tiles, so the op builds no (batch, dim, L) tem
 outputs.
 
 Layouts (``STRIDED_INPUTS``: the front end leaves inputs in their strides and this module decides):
-the (b, d, L) tensors u, delta, z and dout are passed as views whenever L or d is unit-stride (rows,
-or a channel-last view of (b, L, d) memory such as a channel-last conv1d's output), and copied once
-otherwise; out, du, ddelta and dz come back in u's (delta's, z's) layout. B and C are used as
-(b, g, L, N) contiguous, which is free when they are that layout in memory (a projection's output
-split into B and C) and one small copy otherwise.
+the (b, d, L) or grouped (b, G, d/G, L) tensors u, delta, z and dout are read by the kernels as
+(b, g, d/g, L) views (g = B's groups, each group in strides of its own, e.g. route-major memory),
+whenever L or the dims are unit-stride (rows, or channel-last views such as a channel-last conv1d's
+output), and copied once otherwise; out, du, ddelta and dz come back in u's (delta's, z's) layout.
+B and C are used as (b, g, L, N) contiguous, which is free when they are that layout in memory (a
+projection's output split into B and C) and one small copy otherwise.
 
 ``VISBENCH_SCAN_CPU_IMPL=torch`` (or :func:`use_implementation`) forces the fallback, e.g. for tests.
 numba writes its cache next to ``kernels/_scan_cpu_numba.py`` (``__pycache__``), or, when that folder
@@ -96,10 +97,30 @@ def _numpy(t: torch.Tensor):
     return t.detach().numpy()
 
 
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """A (b, d, L) or (b, G, d/G, L) tensor as (b, groups, d/groups, L), the kernels' view of it: a
+    view of a 3-D input, the tensor itself when G == groups, and a reshape (a copy where the strides
+    need one) otherwise."""
+    if t.dim() == 3:
+        return t.unflatten(1, (groups, -1))
+    if t.shape[1] == groups:
+        return t
+    return t.reshape(t.shape[0], groups, -1, t.shape[-1])
+
+
 def _along_time(t: torch.Tensor) -> torch.Tensor:
-    """A (b, d, L) input as it is when L or d is unit-stride (the kernels read either, walking the
-    unit stride), else a copy."""
-    return t if t.stride(-1) == 1 or t.stride(1) == 1 or t.shape[-1] == 1 else t.contiguous()
+    """A (b, g, d/g, L) input as it is when L or the dims are unit-stride (the kernels read either,
+    walking the unit stride), else a copy."""
+    return t if t.stride(-1) == 1 or t.stride(2) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _kernel_view(t: torch.Tensor, groups: int) -> torch.Tensor:
+    return _along_time(_grouped(t, groups))
+
+
+def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(b, G, d/G, L) -> (b, d, L) for the PyTorch fallback, which takes the plain shape."""
+    return t.flatten(1, 2) if t is not None and t.dim() == 4 else t
 
 
 def _bt(t: torch.Tensor) -> torch.Tensor:
@@ -114,45 +135,49 @@ def _dummy(like: torch.Tensor, ndim: int) -> torch.Tensor:
     return like.new_zeros((1,) * ndim)
 
 
-def _optional(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> torch.Tensor:
+def _optional(t: torch.Tensor | None, like: torch.Tensor, ndim: int, groups: int = 1) -> torch.Tensor:
     if t is None:
         return _dummy(like, ndim)
-    return _along_time(t) if ndim == 3 else t.contiguous()
+    return _kernel_view(t, groups) if ndim == 4 else t.contiguous()
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool):
-    """Back-end contract forward: (out (b, d, L), last_state (b, d, N))."""
+    """Back-end contract forward: (out in u's shape, (b, d, L) or (b, G, d/G, L); last_state (b, d, N))."""
     if implementation() == "torch":
         from visbench.kernels import _scan_cpu_torch
 
-        return _scan_cpu_torch.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last_state = _scan_cpu_torch.scan_fwd(
+            _flat(u), _flat(delta), A, B, C, D, _flat(z), delta_bias, delta_softplus
+        )
+        return out.reshape(u.shape), last_state
     kern = _numba_module()
-    batch, dim, length = u.shape
-    out = torch.empty_like(u)  # u's layout (visbench.kernels.layouts)
-    last_state = u.new_empty(batch, dim, A.shape[1])
-    _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
-    return out, last_state
-
-
-def _scan_fwd(kern, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state) -> None:
-    batch, dim, length = u.shape
     groups = B.shape[1]
+    u4 = _kernel_view(u, groups)
+    batch, _, _, length = u4.shape
+    out = torch.empty_like(u4)  # u's layout (visbench.kernels.layouts)
+    last_state = u.new_empty(batch, A.shape[0], A.shape[1])
+    _scan_fwd(kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
+    return out.reshape(u.shape), last_state
+
+
+def _scan_fwd(kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state) -> None:
+    batch, groups, dims_per_group, length = u4.shape
     kern.set_threads(torch.get_num_threads())
     kern.kernel("scan_fwd", _numpy(out).dtype)(
-        _numpy(_along_time(u)),
-        _numpy(_along_time(delta)),
-        _numpy(_optional(delta_bias, u, 1)),
+        _numpy(u4),
+        _numpy(_kernel_view(delta, groups)),
+        _numpy(_optional(delta_bias, u4, 1)),
         delta_bias is not None,
         bool(delta_softplus),
         _numpy(A.contiguous()),
         _numpy(_bt(B)),
         _numpy(_bt(C)),
-        _numpy(_optional(D, u, 1)),
+        _numpy(_optional(D, u4, 1)),
         D is not None,
-        _numpy(_optional(z, u, 3)),
+        _numpy(_optional(z, u4, 4, groups)),
         z is not None,
         max(1, min(FORWARD_TILE, length)),
-        work_blocks(batch * groups, dim // groups),
+        work_blocks(batch * groups, dims_per_group),
         _numpy(out),
         _numpy(last_state),
     )
@@ -176,16 +201,22 @@ def selective_scan_bwd(
     if implementation() == "torch":
         from visbench.kernels import _scan_cpu_torch
 
-        return _scan_cpu_torch.scan_bwd(
-            dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=chunk or 64
+        grads = _scan_cpu_torch.scan_bwd(
+            *(_flat(dout), _flat(u), _flat(delta), A, B, C, D, _flat(z), delta_bias, delta_softplus),
+            chunk=chunk or 64,
         )
+        like = (u, delta, A, B, C, D, z, delta_bias)
+        return tuple(g if g is None else g.reshape(x.shape) for g, x in zip(grads, like, strict=True))
     kern = _numba_module()
-    batch, dim, length = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    n_blocks = max(work_blocks(batch * groups, dim // groups), -(-(dim // groups) // MAX_BLOCK_DIMS))
+    u4, delta4 = _kernel_view(u, groups), _kernel_view(delta, groups)
+    z4 = _optional(z, u4, 4, groups)
+    batch, _, dims_per_group, length = u4.shape
+    dim = groups * dims_per_group
+    n_blocks = max(work_blocks(batch * groups, dims_per_group), -(-dims_per_group // MAX_BLOCK_DIMS))
     chunk = max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)  # their inputs' layouts
-    dz = torch.empty_like(z) if z is not None else _dummy(u, 3)
+    du, ddelta = torch.empty_like(u4), torch.empty_like(delta4)  # their inputs' layouts
+    dz = torch.empty_like(z4)
     dA_part = u.new_empty(batch, dim, dstate)
     dBt_part = u.new_empty(batch, groups, n_blocks, length, dstate)  # each work item zeroes its slice
     dCt_part = u.new_empty(batch, groups, n_blocks, length, dstate)
@@ -194,9 +225,9 @@ def selective_scan_bwd(
     dB, dC = u.new_empty(B.shape), u.new_empty(C.shape)
     kern.set_threads(torch.get_num_threads())
     kern.kernel("scan_bwd", dtype)(
-        _numpy(_along_time(dout)),
-        _numpy(_along_time(u)),
-        _numpy(_along_time(delta)),
+        _numpy(_kernel_view(dout, groups)),
+        _numpy(u4),
+        _numpy(delta4),
         _numpy(_optional(delta_bias, u, 1)),
         delta_bias is not None,
         bool(delta_softplus),
@@ -205,7 +236,7 @@ def selective_scan_bwd(
         _numpy(_bt(C)),
         _numpy(_optional(D, u, 1)),
         D is not None,
-        _numpy(_optional(z, u, 3)),
+        _numpy(z4),
         z is not None,
         chunk,
         n_blocks,
@@ -224,4 +255,5 @@ def selective_scan_bwd(
     reduce(_numpy(dCt_part), _numpy(dC))
     dD = dD_part.sum(0) if D is not None else None
     ddelta_bias = dbias_part.sum(0) if delta_bias is not None else None
-    return du, ddelta, dA_part.sum(0), dB, dC, dD, dz if z is not None else None, ddelta_bias
+    dz = dz.reshape(z.shape) if z is not None else None
+    return du.reshape(u.shape), ddelta.reshape(delta.shape), dA_part.sum(0), dB, dC, dD, dz, ddelta_bias

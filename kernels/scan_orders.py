@@ -25,7 +25,9 @@ sequences (token layout for attention) without permuting to channel-first and ba
 ``split`` is a view (no copy) in either layout, and so is a (B, C, H, W) input in
 ``torch.channels_last`` memory format; the other orders write each route once (plus one temporary for
 the reversed routes, as ``flip`` cannot be a view); ``merge`` reads each route once. Outputs of
-``split`` are contiguous (B, K, C, L) / (B, K, L, C) tensors, except the causal view.
+``split`` are contiguous (B, K, C, L) tensors, except the causal view; with ``channels_last=True`` they
+are (B, K, L, C) views of token-major (B, L, K, C) memory, so that ``.transpose(2, 3).flatten(1, 2)``
+is a (B, K * C, L) channel-last view (the layout causal conv1d and the ``cpu`` scan read as it is).
 """
 
 from __future__ import annotations
@@ -182,7 +184,10 @@ def _with_reversed(routes: tuple[Tensor, ...], channels_last: bool) -> Tensor:
     """
     k = len(routes)
     first = routes[0]
-    out = first.new_empty((first.shape[0], 2 * k, *first.shape[1:]))
+    if channels_last:  # (B, 2k, L, C) in token-major memory: see the module docstring
+        out = first.new_empty((first.shape[0], first.shape[1], 2 * k, first.shape[2])).transpose(1, 2)
+    else:
+        out = first.new_empty((first.shape[0], 2 * k, *first.shape[1:]))
     for i, route in enumerate(routes):
         out[:, i].copy_(route)
     out[:, k:].copy_(out[:, :k].flip(_seq_dim(channels_last)))

@@ -10,7 +10,11 @@ return_last_state=False, *, backend="auto")`` is a drop-in for
     out_t = y_t * silu(z_t)                      (when z is given)
 
 Shapes: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L), grouped (batch, G, N, L) with dim
-split into G consecutive groups, or constant (dim, N); D, delta_bias (dim,). Inputs may be float32,
+split into G consecutive groups, or constant (dim, N); D, delta_bias (dim,). An extension of
+mamba-ssm's shapes: u, delta, z may also come grouped, (batch, G, dim / G, L), each group in strides of
+its own (a multi-route mixer's route-major projections), and ``out`` then has that shape too; a back end
+that reads strides (``cpu``) takes such views as they are, the others get them flattened to (batch, dim,
+L) (a copy where the strides need one). Inputs may be float32,
 float16, bfloat16 or float64 (each input its own dtype; computation is float32, or float64 when u is
 float64 and the back end supports it: ``ref`` and ``cpu``). ``out`` has u's dtype (as mamba's CUDA
 kernel); ``last_state`` (batch, dim, N) is float32 (float64 in that case). Every input gets a gradient
@@ -40,7 +44,8 @@ Inputs are normalised by this front end: float32 (float64 only for a back end wh
 ``SUPPORTS_FLOAT64 = True`` and float64 u), contiguous (left in their strides for a back end whose
 module sets ``STRIDED_INPUTS = True``: it reads any layout, and copies what it cannot use as it is;
 ``dout`` too); u, delta, z: (b, d, l); A: (d, n); B, C:
-ALWAYS grouped (b, g, n, l) (g=1 for the ungrouped case; B and C with the same g); D, delta_bias:
+ALWAYS grouped (b, g, n, l) (g=1 for the ungrouped case; B and C with the same g; a grouped u's G divides
+g, and u, delta, z come (b, G, d/G, l) only to a back end with ``STRIDED_INPUTS``); D, delta_bias:
 (d,) or None; z may be None.
 out (b, d, l) includes the D skip and the z gate silu(z) * y exactly as mamba; last_state (b, d, n).
 Gradients come back in the compute dtype with the normalised shapes; this front end reshapes and casts
@@ -59,7 +64,14 @@ from torch.utils.flop_counter import register_flop_formula
 from visbench.kernels import scan_ref
 from visbench.kernels.layouts import in_layout_of
 
-__all__ = ["BACKENDS", "BACKEND_ENV", "available_backends", "resolve_backend", "selective_scan"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "available_backends",
+    "reads_strided",
+    "resolve_backend",
+    "selective_scan",
+]
 
 BACKENDS = ("ref", "cpu", "triton", "cuda")
 BACKEND_ENV = "VISBENCH_SCAN_BACKEND"
@@ -158,6 +170,13 @@ def _strided_inputs(name: str) -> bool:
     return bool(getattr(_backend_module(name), "STRIDED_INPUTS", False))
 
 
+def reads_strided(device: torch.device | str, backend: str = "auto") -> bool:
+    """Whether the back end ``selective_scan`` runs for tensors on ``device`` reads u, delta, z (and
+    dout) in any strides, channel-last and grouped (b, G, d/G, L) views included, without copying them
+    (the ``cpu`` back end). A caller can then hand it what its own ops write, instead of rows."""
+    return _strided_inputs(_resolve_constant(torch.device(device), backend))
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -183,8 +202,9 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
     if not isinstance(u, Tensor):
         raise ValueError(f"selective_scan: u must be a torch.Tensor, got {type(u).__name__}")
     device = u.device
-    _check_tensor("u", u, (3,), device)
-    batch, dim, length = u.shape
+    _check_tensor("u", u, (3, 4), device)
+    batch, length = u.shape[0], u.shape[-1]
+    dim = math.prod(u.shape[1:-1])
     _check_tensor("A", A, (2,), device)
     if A.shape[0] != dim:
         raise ValueError(
@@ -194,7 +214,7 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
     for name, t in (("delta", delta), ("z", z)):
         if t is None and name == "z":
             continue
-        _check_tensor(name, t, (3,), device)
+        _check_tensor(name, t, (u.dim(),), device)
         if t.shape != u.shape:
             raise ValueError(
                 f"selective_scan: {name} must have u's shape {tuple(u.shape)}, got {tuple(t.shape)}"
@@ -270,7 +290,7 @@ def _scan_fwd_op(
 @_scan_fwd_op.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     # The real outputs' strides: out in u's layout (visbench.kernels.layouts), last_state contiguous.
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    return torch.empty_like(u), u.new_empty(u.shape[0], A.shape[0], A.shape[1])
 
 
 @torch.library.custom_op("visbench::selective_scan_bwd", mutates_args=())
@@ -338,7 +358,7 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # (exp(dt A), dt B u, the state update, and <C, x>), plus batch * dim * L for the D skip and as much
 # again for the z gate. softplus, casts and the bias add are not counted there, nor here.
 def _forward_flops(u_shape, A_shape, has_D: bool, has_z: bool) -> int:
-    batch, dim, length = u_shape
+    batch, dim, length = u_shape[0], math.prod(u_shape[1:-1]), u_shape[-1]
     flops = 9 * batch * length * dim * A_shape[1]
     if has_D:
         flops += batch * dim * length
@@ -382,21 +402,26 @@ def selective_scan(
     name = _resolve_constant(u.device, backend)
     wide = u.dtype == torch.float64 and _supports_float64(name)
     dtype = torch.float64 if wide else torch.float32
-    batch, _, length = u.shape
+    batch, length = u.shape[0], u.shape[-1]
 
     strided = _strided_inputs(name)
+    grouped_u = u.dim() == 4
 
     def prep(t: Tensor | None) -> Tensor | None:
         if t is None:
             return None
         t = t.to(dtype)
+        if t.dim() == 4 and not strided:
+            t = t.flatten(1, 2)
         return t if strided else t.contiguous()
 
     B4 = _normalise_bc(B, batch, length, dtype, strided)
     C4 = _normalise_bc(C, batch, length, dtype, strided)
-    if B4.shape[1] != C4.shape[1]:  # back ends take one group count: refine both to the lcm
-        groups = math.lcm(B4.shape[1], C4.shape[1])
+    # back ends take one group count: refine B and C to the lcm of theirs (and of a grouped u's)
+    groups = math.lcm(B4.shape[1], C4.shape[1], u.shape[1] if grouped_u and strided else 1)
+    if B4.shape[1] != groups:
         B4 = B4.repeat_interleave(groups // B4.shape[1], dim=1)
+    if C4.shape[1] != groups:
         C4 = C4.repeat_interleave(groups // C4.shape[1], dim=1)
     args = (prep(u), prep(delta), prep(A), B4, C4, prep(D), prep(z), prep(delta_bias), bool(delta_softplus))
     if name == "ref":  # plain autograd through the definition (see visbench.kernels.scan_ref)
@@ -405,4 +430,6 @@ def selective_scan(
     else:
         out, last_state = torch.ops.visbench.selective_scan_fwd(*args, name)
     out = out.to(u.dtype)
+    if out.shape != u.shape:  # a grouped u that a back end took flattened
+        out = out.unflatten(1, u.shape[1:3])
     return (out, last_state) if return_last_state else out

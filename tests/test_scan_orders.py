@@ -126,6 +126,20 @@ def test_channels_last_memory_format_gives_the_same_routes(order):
     torch.testing.assert_close(split(x.contiguous(memory_format=torch.channels_last), order), split(x, order))
 
 
+@pytest.mark.parametrize("order", ["bidir", "cross2d"])
+def test_channels_last_routes_are_token_major(order):
+    """(B, K, L, C) routes in (B, L, K, C) memory: flattening K and C of the (B, K, C, L) transpose is a
+    view with the dims unit-stride, the layout the channel-last conv1d and the cpu scan read; merge's
+    backward writes its gradient the same way."""
+    bhwc = torch.randn(2, 3, 5, 4, requires_grad=True)
+    routes = split(bhwc, order, channels_last=True)
+    flat = routes.transpose(2, 3).flatten(1, 2)
+    assert flat.data_ptr() == routes.data_ptr() and flat.stride(1) == 1
+    seq = torch.randn(2, num_routes(order), 15, 4, requires_grad=True)
+    (grad,) = torch.autograd.grad(merge(seq, order, 3, 5, channels_last=True).sum(), seq)
+    assert grad.transpose(1, 2).is_contiguous()
+
+
 def test_causal_split_is_a_view_in_both_layouts():
     x = torch.randn(2, 4, 3, 5)
     assert split(x, "causal").data_ptr() == x.data_ptr()

@@ -9,7 +9,8 @@ import torch
 from conftest import import_mamba_reference
 from scan_cases import CASES, ScanCase, assert_backend_matches_ref, make_inputs, run_scan
 from visbench.kernels import scan_cpu, selective_scan
-from visbench.kernels.selective_scan import BACKEND_ENV, available_backends, resolve_backend
+from visbench.kernels.checks import GROUPS
+from visbench.kernels.selective_scan import BACKEND_ENV, available_backends, reads_strided, resolve_backend
 
 
 @pytest.fixture(params=["numba", "torch"])
@@ -136,6 +137,73 @@ def test_grouped_B_with_shared_C():
     assert grads["C"].shape == (2, 4, 9) and grads["B"].shape == (2, 4, 4, 9)
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=4e-3)
+
+
+# ----------------------------------------------------------------------------- grouped (b, G, d/G, L) inputs
+# A multi-route mixer hands the scan u, delta and z as (b, K, d/K, L) views whose routes have strides of
+# their own (its per-route projections write route-major memory). The `cpu` back end reads them as they
+# are; `ref` (and the GPU back ends) get them flattened.
+
+GROUPED_LAYOUTS = ("rows", "route_major", "token_major")
+
+
+def _grouped(layout: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """u, delta, z (b, d, L) as (b, G, d/G, L) with the same values, in ``layout``'s memory: rows
+    (b, G, d/G, L), route-major (G, b, L, d/G) or token-major (b, L, G, d/G). Differentiable."""
+    if name not in ("u", "delta", "z") or t is None:
+        return t
+    grouped = t.unflatten(1, (GROUPS, -1))
+    if layout == "route_major":
+        return grouped.permute(1, 0, 3, 2).contiguous().permute(1, 0, 3, 2)
+    if layout == "token_major":
+        return grouped.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    return grouped
+
+
+@pytest.mark.parametrize("layout", GROUPED_LAYOUTS)
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+def test_grouped_inputs_match_mamba_ref(layout, backend, cpu_impl):
+    """Forward and every gradient of grouped, strided u / delta / z equal mamba-ssm's
+    selective_scan_ref on the flat tensors; out and du come back grouped, in u's layout (cpu)."""
+    mamba_ref = import_mamba_reference("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+    case = ScanCase(2, 8, 4, 37, "grouped", True, True, True, True, True)
+    dout = torch.randn(2, 8, 37, generator=torch.Generator().manual_seed(1))
+    want = _grads_through_layout(mamba_ref, case, "contiguous", dout)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    laid = {k: _grouped(layout, k, v) for k, v in inputs.items()}
+    out, last = selective_scan(**laid, delta_softplus=True, return_last_state=True, backend=backend)
+    assert out.shape == (2, GROUPS, 8 // GROUPS, 37)
+    if backend == "cpu":
+        assert out.stride() == laid["u"].stride()
+    present = [k for k, v in inputs.items() if v is not None]
+    grads = torch.autograd.grad(
+        out, [laid[k] if k == "u" else inputs[k] for k in present], dout.view(out.shape)
+    )
+    if backend == "cpu":
+        assert grads[0].stride() == laid["u"].stride()
+    torch.testing.assert_close(out.flatten(1, 2), want[0], rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, want[1], rtol=6e-4, atol=2e-3)
+    for name, got in zip(present, grads):
+        expected = want[2][name].view(got.shape)
+        scale = max(1.0, float(expected.abs().max()))
+        torch.testing.assert_close(
+            got, expected, rtol=1.2e-3, atol=4e-3 * scale, msg=lambda m, n=name: f"d{n}: {m}"
+        )
+
+
+def test_grouped_u_refines_ungrouped_B_and_C():
+    """A grouped u with shared (b, N, L) B and C: the groups come from u, the values from the flat call."""
+    case = ScanCase(2, 8, 4, 13, "shared", True, True, True, True, False)
+    inputs = make_inputs(case, torch.float32)
+    want = selective_scan(**inputs, delta_softplus=True, backend="ref")
+    laid = {k: _grouped("route_major", k, v) for k, v in inputs.items()}
+    got = selective_scan(**laid, delta_softplus=True, backend="cpu")
+    torch.testing.assert_close(got.flatten(1, 2), want, rtol=6e-4, atol=2e-3)
+
+
+def test_reads_strided_names_the_back_ends_that_take_views():
+    assert reads_strided("cpu") and reads_strided("cpu", "cpu")
+    assert not reads_strided("cpu", "ref")
 
 
 # ----------------------------------------------------------------------------- fused pieces and layouts
@@ -349,7 +417,8 @@ def _good():
 
 
 BAD_INPUTS = [
-    ("u must have 3 dims", lambda x: x.update(u=x["u"][0])),
+    ("u must have 3 or 4 dims", lambda x: x.update(u=x["u"][0])),
+    ("delta must have 4 dims", lambda x: x.update(u=x["u"].unflatten(1, (2, 4)))),
     ("delta must have u's shape", lambda x: x.update(delta=x["delta"][:, :, :5])),
     (r"A must be \(dim, N\)", lambda x: x.update(A=x["A"][:7])),
     ("B must be", lambda x: x.update(B=x["B"][:, :, :3])),
