@@ -14,8 +14,9 @@ view), and the outputs' tiles are written back the same way.
 Forward: per tile, dt and dt u (vectorised over the tile), then the recurrence and y = C x + D u in
 one loop per state, then the gate.
 
-Backward, by recomputation: each item walks its dims forward once keeping only the state at every
-``chunk``-th step (checkpoints), then, chunk by chunk from the end, recomputes that chunk's states
+Backward, by recomputation: each item takes the state at every ``chunk``-th step (checkpoints) from
+the forward, which saved them (as mamba-ssm's CUDA kernel saves its chunk states), or else walks its
+dims forward once to find them; then, chunk by chunk from the end, it recomputes that chunk's states
 and decays into small buffers and runs the reverse recurrence through them, reading every gradient
 off the adjoint in the same loop over dims. The gradients of B and C sum over a group's dims (and
 dA, dD, ddelta_bias over the batch), so each item owns a private slice of a partial-sum buffer that
@@ -283,10 +284,14 @@ def scan_fwd(
     has_z,
     tile,
     n_blocks,
+    save_states,
     out,
     last_state,
+    saved_states,
 ):
-    """out = (y + D u) * silu(z) (b, g, d/g, l), last_state (b, d, n).
+    """out = (y + D u) * silu(z) (b, g, d/g, l), last_state (b, d, n), and with ``save_states`` the
+    state at the start of every tile, saved_states (b, tiles, n, d), which the backward reads instead
+    of walking the forward again.
 
     u, delta, z (b, g, d/g, l); A (d, n); Bt, Ct (b, g, l, n); D, delta_bias (d,). Work items are
     (sample, group, block of dims); each walks time in tiles of ``tile`` steps, the state (N, dims)
@@ -309,6 +314,11 @@ def scan_fwd(
         y = np.empty((tile, nd), dtype=out.dtype)
         for t0 in range(0, length, tile):
             steps = min(tile, length - t0)
+            if save_states:
+                saved = saved_states[bi, t0 // tile]
+                for k in range(dstate):
+                    for j in range(nd):
+                        saved[k, lo + j] = x[k, j]
             _time_step_tile(
                 delta[bi, gi], u[bi, gi], lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu
             )
@@ -361,6 +371,8 @@ def scan_bwd(
     has_z,
     chunk,
     n_blocks,
+    saved_states,
+    has_saved_states,
     du,
     ddelta,
     dz,
@@ -370,7 +382,9 @@ def scan_bwd(
     dD_part,
     dbias_part,
 ):
-    """Gradients by recomputation; see the module docstring for the scheme.
+    """Gradients by recomputation; see the module docstring for the scheme. With
+    ``has_saved_states``, the forward's saved_states (b, chunks, n, d) are the checkpoints, and the
+    first pass is skipped.
 
     Outputs: du, ddelta, dz (b, g, d/g, l; dz a dummy without z); dA_part (b, d, n), dD_part and
     dbias_part (b, d), summed over b by the caller; dBt_part, dCt_part (b, g, n_blocks, l, n), summed
@@ -414,7 +428,14 @@ def scan_bwd(
         # Pass 1: states at the start of every chunk (the first one is zero), walked in place in
         # carry (free until pass 2). In place through one name: a second name for the same row
         # fails LLVM's run-time overlap check and sends the loop to its scalar version (9x slower).
-        for c in range(n_chunks - 1):
+        if has_saved_states:
+            for c in range(1, n_chunks):
+                saved = saved_states[bi, c]
+                cp = checkpoints[c]
+                for k in range(dstate):
+                    for j in range(nd):
+                        cp[k, j] = saved[k, lo + j]
+        for c in range(0 if has_saved_states else n_chunks - 1):
             t0 = c * chunk
             _time_step_tile(delta_rows, u_rows, lo_g, t0, chunk, bias, delta_softplus, raw, dt, u_tile, dtu)
             for s in range(chunk):
@@ -592,9 +613,12 @@ exp_into = njit(**_FLAGS)(exp_into)
 # Argument kinds per kernel: "A4" a 4-D array of any strides, "C2" a 2-D C-contiguous one, "b" a flag,
 # "i" an integer. The (b, g, d/g, L) inputs take any strides; everything else is contiguous.
 _ARGS = {
-    "scan_fwd": ("A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "A4", "C3"),
+    "scan_fwd": (
+        *("A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "b"),
+        *("A4", "C3", "C4"),
+    ),
     "scan_bwd": (
-        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i"),
+        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "C4", "b"),
         *("A4", "A4", "A4", "C3", "C5", "C5", "C2", "C2"),
     ),
     "reduce_transpose": ("C5", "C4"),

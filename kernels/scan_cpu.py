@@ -35,10 +35,12 @@ __all__ = [
     "BACKWARD_CHUNK",
     "FORWARD_TILE",
     "MAX_BLOCK_DIMS",
+    "SAVES_STATES",
     "STRIDED_INPUTS",
     "SUPPORTS_FLOAT64",
     "implementation",
     "is_available",
+    "saved_states_shape",
     "selective_scan_bwd",
     "selective_scan_fwd",
     "use_implementation",
@@ -47,6 +49,9 @@ __all__ = [
 
 SUPPORTS_FLOAT64 = True
 STRIDED_INPUTS = True
+# The forward can save the state at every chunk start for the backward (selective_scan_fwd's
+# save_states), which then skips its first pass: one exponential per state update instead of two.
+SAVES_STATES = True
 IMPL_ENV = "VISBENCH_SCAN_CPU_IMPL"
 # Steps between state checkpoints in the numba backward: each chunk's states and decays, (chunk, N,
 # dims of a block) each, stay in L2 (0.5 MiB together at 64 dims). Measured at one thread (batch 8,
@@ -141,26 +146,61 @@ def _optional(t: torch.Tensor | None, like: torch.Tensor, ndim: int, groups: int
     return _kernel_view(t, groups) if ndim == 4 else t.contiguous()
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool):
-    """Back-end contract forward: (out in u's shape, (b, d, L) or (b, G, d/G, L); last_state (b, d, N))."""
+def _chunk(length: int, chunk: int | None = None) -> int:
+    """Steps between the backward's checkpoints (``chunk`` or BACKWARD_CHUNK, at most the length)."""
+    return max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
+
+
+def saved_states_shape(batch: int, dim: int, length: int, dstate: int) -> tuple[int, ...]:
+    """Shape of what ``selective_scan_fwd(..., save_states=True)`` saves for the backward: the state
+    at every chunk start, (batch, chunks, N, dim), a quarter of u's size at N 16 and 64-step chunks;
+    (0,) (nothing) for the PyTorch fallback."""
+    if implementation() != "numba":
+        return (0,)
+    return (batch, -(-length // _chunk(length)), dstate, dim)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, save_states: bool = False):
+    """Back-end contract forward: (out in u's shape, (b, d, L) or (b, G, d/G, L); last_state (b, d, N)),
+    and with ``save_states`` a third tensor for :func:`selective_scan_bwd`'s ``saved_states``."""
+    batch, dim, length, dstate = u.shape[0], A.shape[0], u.shape[-1], A.shape[1]
+    saved = u.new_empty(saved_states_shape(batch, dim, length, dstate) if save_states else (0,))
     if implementation() == "torch":
         from visbench.kernels import _scan_cpu_torch
 
         out, last_state = _scan_cpu_torch.scan_fwd(
             _flat(u), _flat(delta), A, B, C, D, _flat(z), delta_bias, delta_softplus
         )
-        return out.reshape(u.shape), last_state
-    kern = _numba_module()
-    groups = B.shape[1]
-    u4 = _kernel_view(u, groups)
-    batch, _, _, length = u4.shape
-    out = torch.empty_like(u4)  # u's layout (visbench.kernels.layouts)
-    last_state = u.new_empty(batch, A.shape[0], A.shape[1])
-    _scan_fwd(kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state)
-    return out.reshape(u.shape), last_state
+        out = out.reshape(u.shape)
+    else:
+        u4 = _kernel_view(u, B.shape[1])
+        out = torch.empty_like(u4)  # u's layout (visbench.kernels.layouts)
+        last_state = u.new_empty(batch, dim, dstate)
+        # Saving states puts them at the backward's chunk starts: the tiles are its chunks then.
+        tile = _chunk(length) if save_states else max(1, min(FORWARD_TILE, length))
+        _scan_fwd(
+            _numba_module(),
+            u4,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            delta_softplus,
+            tile,
+            out,
+            last_state,
+            saved,
+        )
+        out = out.reshape(u.shape)
+    return (out, last_state, saved) if save_states else (out, last_state)
 
 
-def _scan_fwd(kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, out, last_state) -> None:
+def _scan_fwd(
+    kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, tile, out, last_state, saved
+) -> None:
     batch, groups, dims_per_group, length = u4.shape
     kern.set_threads(torch.get_num_threads())
     kern.kernel("scan_fwd", _numpy(out).dtype)(
@@ -176,10 +216,12 @@ def _scan_fwd(kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, out, l
         D is not None,
         _numpy(_optional(z, u4, 4, groups)),
         z is not None,
-        max(1, min(FORWARD_TILE, length)),
+        tile,
         work_blocks(batch * groups, dims_per_group),
+        saved.numel() > 0,
         _numpy(out),
         _numpy(last_state),
+        _numpy(saved if saved.numel() else _dummy(out, 4)),
     )
 
 
@@ -192,11 +234,24 @@ def work_blocks(outer_items: int, inner: int) -> int:
 
 
 def selective_scan_bwd(
-    dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int | None = None
+    dout,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus: bool,
+    chunk: int | None = None,
+    saved_states: torch.Tensor | None = None,
 ):
     """Back-end contract backward: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for absent inputs.
 
     ``chunk`` overrides :data:`BACKWARD_CHUNK` (the tests use small values to cross chunk borders).
+    ``saved_states``, the forward's (``save_states=True``), are its checkpoints when they have this
+    chunking's shape; otherwise (and without them) the kernel walks the forward again to find them.
     """
     if implementation() == "torch":
         from visbench.kernels import _scan_cpu_torch
@@ -214,7 +269,9 @@ def selective_scan_bwd(
     batch, _, dims_per_group, length = u4.shape
     dim = groups * dims_per_group
     n_blocks = max(work_blocks(batch * groups, dims_per_group), -(-dims_per_group // MAX_BLOCK_DIMS))
-    chunk = max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
+    chunk = _chunk(length, chunk)
+    saved_shape = (batch, -(-length // chunk), dstate, dim)
+    use_saved = saved_states is not None and tuple(saved_states.shape) == saved_shape
     du, ddelta = torch.empty_like(u4), torch.empty_like(delta4)  # their inputs' layouts
     dz = torch.empty_like(z4)
     dA_part = u.new_empty(batch, dim, dstate)
@@ -240,6 +297,8 @@ def selective_scan_bwd(
         z is not None,
         chunk,
         n_blocks,
+        _numpy(saved_states.contiguous() if use_saved else _dummy(u, 4)),
+        use_saved,
         _numpy(du),
         _numpy(ddelta),
         _numpy(dz),

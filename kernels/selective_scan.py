@@ -40,6 +40,12 @@ functions:
     selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool)
         -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)   # None for an input that was None
 
+A back end whose module sets ``SAVES_STATES = True`` also has ``saved_states_shape(batch, dim, L, N)``,
+and, when a gradient will be needed, its forward is called with ``save_states=True`` and returns a third
+tensor of that shape, which the op keeps and hands to its backward as ``saved_states=`` (the ``cpu``
+one saves the state at every checkpoint of its backward, as mamba-ssm's CUDA forward saves its chunk
+states, so that the backward does not walk the forward again).
+
 Inputs are normalised by this front end: float32 (float64 only for a back end whose module sets
 ``SUPPORTS_FLOAT64 = True`` and float64 u), contiguous (left in their strides for a back end whose
 module sets ``STRIDED_INPUTS = True``: it reads any layout, and copies what it cannot use as it is;
@@ -268,6 +274,17 @@ _LAYOUT_FOLLOWS = ("u", "delta", "z")
 _INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
+def _saves_states(name: str, save_states: bool) -> bool:
+    return save_states and bool(getattr(_backend_module(name), "SAVES_STATES", False))
+
+
+def _saved_states_shape(name: str, u: Tensor, A: Tensor, save_states: bool) -> tuple[int, ...]:
+    """What back end ``name``'s forward saves for its backward ((0,): nothing)."""
+    if not _saves_states(name, save_states):
+        return (0,)
+    return tuple(_backend_module(name).saved_states_shape(u.shape[0], A.shape[0], u.shape[-1], A.shape[1]))
+
+
 @torch.library.custom_op("visbench::selective_scan_fwd", mutates_args=())
 def _scan_fwd_op(
     u: Tensor,
@@ -279,18 +296,27 @@ def _scan_fwd_op(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
+    save_states: bool,
     backend: str,
-) -> tuple[Tensor, Tensor]:
-    out, last_state = _backend_module(backend).selective_scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus
-    )
-    return in_layout_of(u, out.to(u.dtype)), last_state.to(u.dtype).contiguous()
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, last_state, saved): saved is what a back end with ``SAVES_STATES`` keeps for its backward
+    when ``save_states`` (a gradient will be needed), else an empty tensor."""
+    module = _backend_module(backend)
+    if _saves_states(backend, save_states):
+        out, last_state, saved = module.selective_scan_fwd(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_states=True
+        )
+    else:
+        out, last_state = module.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        saved = u.new_empty(0)
+    return in_layout_of(u, out.to(u.dtype)), last_state.to(u.dtype).contiguous(), saved
 
 
 @_scan_fwd_op.register_fake
-def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    # The real outputs' strides: out in u's layout (visbench.kernels.layouts), last_state contiguous.
-    return torch.empty_like(u), u.new_empty(u.shape[0], A.shape[0], A.shape[1])
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_states, backend):
+    # The real outputs' strides: out in u's layout (visbench.kernels.layouts), the others contiguous.
+    saved = u.new_empty(_saved_states_shape(backend, u, A, save_states))
+    return torch.empty_like(u), u.new_empty(u.shape[0], A.shape[0], A.shape[1]), saved
 
 
 @torch.library.custom_op("visbench::selective_scan_bwd", mutates_args=())
@@ -305,13 +331,16 @@ def _scan_bwd_op(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
+    saved: Tensor,
     backend: str,
 ) -> list[Tensor]:
-    """Gradients for (u, delta, A, B, C, D, z, delta_bias); a (0,)-shaped tensor for an absent input."""
+    """Gradients for (u, delta, A, B, C, D, z, delta_bias); a (0,)-shaped tensor for an absent input.
+    ``saved``: what the forward saved (empty: nothing)."""
     module = _backend_module(backend)
     if not getattr(module, "STRIDED_INPUTS", False):
         dout = dout.contiguous()
-    grads = module.selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    kept = {"saved_states": saved} if saved.numel() else {}
+    grads = module.selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, **kept)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [
         u.new_empty(0) if x is None else _grad_layout(name, x, g.to(x.dtype).reshape(x.shape))
@@ -325,7 +354,7 @@ def _grad_layout(name: str, x: Tensor, grad: Tensor) -> Tensor:
 
 
 @_scan_bwd_op.register_fake
-def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, backend):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [
         u.new_empty(0) if x is None else _grad_layout(name, x, x.new_empty(x.shape))
@@ -334,20 +363,20 @@ def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ba
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, _, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
-    ctx.mark_non_differentiable(output[1])  # last_state, as in mamba-ssm's CUDA path
+    ctx.mark_non_differentiable(output[1], output[2])  # last_state as in mamba-ssm's CUDA path; saved
 
 
-def _backward(ctx, dout, _dlast_state):
-    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+def _backward(ctx, dout, _dlast_state, _dsaved):
+    u, delta, A, B, C, D, z, delta_bias, saved = ctx.saved_tensors
     grads = torch.ops.visbench.selective_scan_bwd(
-        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.backend
+        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, saved, ctx.backend
     )
     present = (u, delta, A, B, C, D, z, delta_bias)
-    return (*(None if x is None else g for g, x in zip(grads, present)), None, None)
+    return (*(None if x is None else g for g, x in zip(grads, present)), None, None, None)
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -428,7 +457,9 @@ def selective_scan(
         out, last_state = scan_ref.scan(*args)
         last_state = last_state.detach()
     else:
-        out, last_state = torch.ops.visbench.selective_scan_fwd(*args, name)
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        out, last_state, _ = torch.ops.visbench.selective_scan_fwd(*args, save_states, name)
     out = out.to(u.dtype)
     if out.shape != u.shape:  # a grouped u that a back end took flattened
         out = out.unflatten(1, u.shape[1:3])

@@ -325,8 +325,8 @@ def test_scan_check_passes_for_a_right_backend_and_names_a_wrong_one(monkeypatch
     original = scan_cpu.selective_scan_fwd
 
     def off_by_a_little(*args, **kwargs):
-        out, last = original(*args, **kwargs)
-        return out + 0.05, last
+        out, *rest = original(*args, **kwargs)  # (out, last_state[, saved states])
+        return (out + 0.05, *rest)
 
     monkeypatch.setattr(scan_cpu, "selective_scan_fwd", off_by_a_little)
     with pytest.raises(

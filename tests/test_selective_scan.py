@@ -85,6 +85,50 @@ def test_cpu_backward_across_checkpoint_chunks(length, monkeypatch):
     assert_backend_matches_ref("cpu", case, torch.float32)
 
 
+def test_cpu_forward_saves_the_chunk_start_states_for_the_backward(monkeypatch):
+    """save_states=True keeps the state at every chunk start (each equals the last state of the
+    prefix before it); the backward given them skips its first pass and gives the same gradients as
+    the one that walks the forward again, and saved states of another chunking are not used."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(scan_cpu, "BACKWARD_CHUNK", 32)
+    case = ScanCase(2, 8, 4, 150, "grouped", True, True, True, True, False)
+    made = make_inputs(case, torch.float32)
+    args = [made[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out, last, saved = scan_cpu.selective_scan_fwd(*args, True, save_states=True)
+    assert saved.shape == scan_cpu.saved_states_shape(2, 8, 150, 4) == (2, 5, 4, 8)
+    torch.testing.assert_close(out, scan_cpu.selective_scan_fwd(*args, True)[0])
+    assert saved[:, 0].abs().max() == 0
+    for c in range(1, 5):
+        prefix = {k: v[..., : 32 * c] if k in ("u", "delta", "z", "B", "C") else v for k, v in made.items()}
+        _, state = selective_scan(**prefix, delta_softplus=True, return_last_state=True, backend="ref")
+        torch.testing.assert_close(saved[:, c].transpose(1, 2), state, rtol=1e-4, atol=1e-5)
+    dout = torch.randn(2, 8, 150, generator=torch.Generator().manual_seed(3))
+    walked = scan_cpu.selective_scan_bwd(dout, *args, True)
+    for chunk in (None, 7):  # 7: saved states of another chunking, ignored
+        kept = scan_cpu.selective_scan_bwd(dout, *args, True, chunk=chunk, saved_states=saved)
+        for name, want, got in zip(("u", "delta", "A", "B", "C", "D", "z", "bias"), walked, kept):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("save_states", [False, True])
+@pytest.mark.parametrize("layout", ["rows", "route_major"])
+def test_scan_op_registrations_pass_opcheck(save_states, layout):
+    """opcheck compares the fake (compile-time) outputs, saved states included, with the real ones,
+    and the autograd registration with the op's own backward."""
+    case = ScanCase(2, 8, 4, 70, "grouped", True, True, True, True, False)
+    made = make_inputs(case, torch.float32, requires_grad=True)
+    args = [_grouped(layout, k, made[k]) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    args = [a.detach().requires_grad_(True) for a in args]
+    fwd_args = (*args, True, save_states, "cpu")
+    out, _, saved = torch.ops.visbench.selective_scan_fwd(*fwd_args)
+    assert tuple(saved.shape) == (scan_cpu.saved_states_shape(2, 8, 70, 4) if save_states else (0,))
+    torch.library.opcheck(torch.ops.visbench.selective_scan_fwd.default, fwd_args)
+    dout = torch.randn_like(out)
+    bwd_args = (dout, *[a.detach() for a in args], True, saved.detach(), "cpu")
+    torch.library.opcheck(torch.ops.visbench.selective_scan_bwd.default, bwd_args)
+
+
 @pytest.mark.parametrize("block_dims", [1, 3, 5])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_cpu_tiles_and_blocks_of_dims(block_dims, layout, monkeypatch):
