@@ -34,11 +34,15 @@ from __future__ import annotations
 
 import math
 
-import numba
-import numpy as np
-from numba import njit, prange
-from numba.core import types
-from numba.extending import intrinsic, overload
+from visbench.kernels import _numba_target
+
+_numba_target.configure()  # before the first njit below: numba fixes its target then
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+from numba.core import types  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 # ----------------------------------------------------------------------------- exp that vectorises
 # The decay exp(dt * A) is the hot spot: N of them per step. LLVM (without Intel's SVML, which
