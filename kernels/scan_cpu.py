@@ -151,13 +151,18 @@ def _chunk(length: int, chunk: int | None = None) -> int:
     return max(1, min(chunk or BACKWARD_CHUNK, max(length, 1)))
 
 
+def _checkpoints_shape(batch: int, dim: int, length: int, dstate: int, chunk: int) -> tuple[int, ...]:
+    """The numba kernels' checkpoints: the state at every chunk start, (batch, chunks, N, dim)."""
+    return (batch, -(-length // chunk), dstate, dim)
+
+
 def saved_states_shape(batch: int, dim: int, length: int, dstate: int) -> tuple[int, ...]:
-    """Shape of what ``selective_scan_fwd(..., save_states=True)`` saves for the backward: the state
-    at every chunk start, (batch, chunks, N, dim), a quarter of u's size at N 16 and 64-step chunks;
-    (0,) (nothing) for the PyTorch fallback."""
+    """Shape of what ``selective_scan_fwd(..., save_states=True)`` saves for the backward: its
+    checkpoints, a quarter of u's size at N 16 and 64-step chunks; (0,) (nothing) for the PyTorch
+    fallback."""
     if implementation() != "numba":
         return (0,)
-    return (batch, -(-length // _chunk(length)), dstate, dim)
+    return _checkpoints_shape(batch, dim, length, dstate, _chunk(length))
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, save_states: bool = False):
@@ -172,36 +177,15 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool
             _flat(u), _flat(delta), A, B, C, D, _flat(z), delta_bias, delta_softplus
         )
         out = out.reshape(u.shape)
-    else:
-        u4 = _kernel_view(u, B.shape[1])
-        out = torch.empty_like(u4)  # u's layout (visbench.kernels.layouts)
-        last_state = u.new_empty(batch, dim, dstate)
-        # Saving states puts them at the backward's chunk starts: the tiles are its chunks then.
-        tile = _chunk(length) if save_states else max(1, min(FORWARD_TILE, length))
-        _scan_fwd(
-            _numba_module(),
-            u4,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            z,
-            delta_bias,
-            delta_softplus,
-            tile,
-            out,
-            last_state,
-            saved,
-        )
-        out = out.reshape(u.shape)
-    return (out, last_state, saved) if save_states else (out, last_state)
-
-
-def _scan_fwd(
-    kern, u4, delta, A, B, C, D, z, delta_bias, delta_softplus, tile, out, last_state, saved
-) -> None:
-    batch, groups, dims_per_group, length = u4.shape
+        return (out, last_state, saved) if save_states else (out, last_state)
+    kern = _numba_module()
+    groups = B.shape[1]
+    u4 = _kernel_view(u, groups)
+    dims_per_group = u4.shape[2]
+    out = torch.empty_like(u4)  # u's layout (visbench.kernels.layouts)
+    last_state = u.new_empty(batch, dim, dstate)
+    # Saving states puts them at the backward's chunk starts: the tiles are its chunks then.
+    tile = _chunk(length) if save_states else max(1, min(FORWARD_TILE, length))
     kern.set_threads(torch.get_num_threads())
     kern.kernel("scan_fwd", _numpy(out).dtype)(
         _numpy(u4),
@@ -223,6 +207,8 @@ def _scan_fwd(
         _numpy(last_state),
         _numpy(saved if saved.numel() else _dummy(out, 4)),
     )
+    out = out.reshape(u.shape)
+    return (out, last_state, saved) if save_states else (out, last_state)
 
 
 def work_blocks(outer_items: int, inner: int) -> int:
@@ -270,8 +256,9 @@ def selective_scan_bwd(
     dim = groups * dims_per_group
     n_blocks = max(work_blocks(batch * groups, dims_per_group), -(-dims_per_group // MAX_BLOCK_DIMS))
     chunk = _chunk(length, chunk)
-    saved_shape = (batch, -(-length // chunk), dstate, dim)
-    use_saved = saved_states is not None and tuple(saved_states.shape) == saved_shape
+    use_saved = saved_states is not None and tuple(saved_states.shape) == _checkpoints_shape(
+        batch, dim, length, dstate, chunk
+    )
     du, ddelta = torch.empty_like(u4), torch.empty_like(delta4)  # their inputs' layouts
     dz = torch.empty_like(z4)
     dA_part = u.new_empty(batch, dim, dstate)
