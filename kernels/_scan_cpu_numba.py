@@ -41,8 +41,9 @@ _numba_target.configure()  # before the first njit below: numba fixes its target
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
-from numba.core import types  # noqa: E402
+from numba.core import cgutils, types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
+from numba.np.arrayobj import make_array, populate_array  # noqa: E402
 
 # ----------------------------------------------------------------------------- exp that vectorises
 # The decay exp(dt * A) is the hot spot: N of them per step. LLVM (without Intel's SVML, which
@@ -80,6 +81,49 @@ def _bits_to_float32(typingctx, bits):
         return builder.bitcast(args[0], context.get_value_type(types.float32))
 
     return types.float32(types.int32), codegen
+
+
+def _borrowed_run(axis: int):
+    """An intrinsic run(rows, i, t, n): the n elements of the 2-D ``rows`` from [i, t] on along
+    ``axis`` (0: rows[i : i + n, t], 1: rows[i, t : t + n]), as a C-contiguous 1-D array with no
+    reference count of its own. The caller knows that axis has a stride of one element and that the
+    run is in bounds; ``rows`` keeps the memory alive."""
+
+    @intrinsic
+    def run(typingctx, rows, i, t, n):
+        if not (isinstance(rows, types.Array) and rows.ndim == 2):
+            return None
+        ret = types.Array(rows.dtype, 1, "C")
+
+        def codegen(context, builder, signature, args):
+            src = make_array(rows)(context, builder, value=args[0])
+            i_, t_, n_ = (
+                context.cast(builder, v, ty, types.intp) for v, ty in zip(args[1:], signature.args[1:])
+            )
+            strides = cgutils.unpack_tuple(builder, src.strides)
+            offset = builder.add(builder.mul(i_, strides[0]), builder.mul(t_, strides[1]))
+            first = builder.gep(builder.bitcast(src.data, cgutils.voidptr_t), [offset])
+            out = make_array(ret)(context, builder)
+            itemsize = context.get_constant(
+                types.intp, context.get_abi_sizeof(context.get_data_type(rows.dtype))
+            )
+            populate_array(
+                out,
+                data=builder.bitcast(first, src.data.type),
+                shape=cgutils.pack_array(builder, [n_]),
+                strides=cgutils.pack_array(builder, [itemsize]),
+                itemsize=src.itemsize,
+                meminfo=None,
+            )
+            return out._getvalue()
+
+        return ret(rows, i, t, n), codegen
+
+    return run
+
+
+_dims_run = _borrowed_run(0)
+_time_run = _borrowed_run(1)
 
 
 @njit(inline="always", fastmath=True)
@@ -178,41 +222,58 @@ def _one_like_overload(x):
 # and unit-stride. With the loop over N innermost (one chain at a time, N = 16: two or four SIMD
 # iterations per loop) each step paid a loop's fixed cost many times over; measured at one thread
 # (batch 8, dim 128, two groups, L 784, N 16): forward 0.60 -> 0.35 ns per update, backward
-# 2.2-2.4 -> 1.3-1.4. The (b, g, d/g, L) inputs arrive in any strides and are read row by row into the
-# tiles (a transposing copy, a few per cent of the time); the outputs are written back the same way.
+# 2.2-2.4 -> 1.3-1.4. The (b, g, d/g, L) inputs arrive in any strides and are read into the tiles
+# along their unit stride, through borrowed contiguous runs (_dims_run, _time_run); the outputs are
+# written back the same way. Read through 'A' views instead, these copies ran one element at a time
+# with a run-time stride, a chain of dependent loads too long for the core to keep more than a few
+# cache misses in flight: in a perf profile of the backward (b 4, 4 groups of 64 dims, L 1024,
+# channel-last) the four tile loads were 28 % of its samples; as runs, forward 17.7 -> 9.9 ms and
+# backward 40 -> 28 ms at one thread, 6.5 -> 3.8 and 16.0 -> 10.6 at two.
+# The hot loops index their thread-local buffers directly ([s, k, j]) instead of taking row views:
+# each numba view takes a reference (an atomic add and subtract) on its parent, and in the backward,
+# too large for numba to prune them, those were 14 % of the samples; indexed, the backward at two
+# threads 12.3 -> 10.9 ms.
 
 
 @njit(inline="always", fastmath=True)
 def _load_tile(rows, lo, t0, steps, tile):
     """tile[s, j] = rows[lo + j, t0 + s] for the first ``steps`` steps (rows: one sample's group,
-    (d/g, L)), walking the source along its unit stride: time for rows, dims for channel-last."""
-    if rows.strides[0] < rows.strides[1]:
+    (d/g, L)), walking the source along its unit stride: dims for a channel-last view, time for rows."""
+    nd = tile.shape[1]
+    if rows.strides[0] == rows.itemsize:
         for s in range(steps):
-            step = rows[:, t0 + s]
-            tile_s = tile[s]
-            for j in range(tile.shape[1]):
-                tile_s[j] = step[lo + j]
-    else:
-        for j in range(tile.shape[1]):
-            row = rows[lo + j]
+            step = _dims_run(rows, lo, t0 + s, nd)
+            for j in range(nd):
+                tile[s, j] = step[j]
+    elif rows.strides[1] == rows.itemsize:
+        for j in range(nd):
+            row = _time_run(rows, lo + j, t0, steps)
             for s in range(steps):
-                tile[s, j] = row[t0 + s]
+                tile[s, j] = row[s]
+    else:
+        for s in range(steps):
+            for j in range(nd):
+                tile[s, j] = rows[lo + j, t0 + s]
 
 
 @njit(inline="always", fastmath=True)
 def _store_tile(tile, steps, rows, lo, t0):
     """rows[lo + j, t0 + s] = tile[s, j] for the first ``steps`` steps (the transpose of _load_tile)."""
-    if rows.strides[0] < rows.strides[1]:
+    nd = tile.shape[1]
+    if rows.strides[0] == rows.itemsize:
         for s in range(steps):
-            step = rows[:, t0 + s]
-            tile_s = tile[s]
-            for j in range(tile.shape[1]):
-                step[lo + j] = tile_s[j]
-    else:
-        for j in range(tile.shape[1]):
-            row = rows[lo + j]
+            step = _dims_run(rows, lo, t0 + s, nd)
+            for j in range(nd):
+                step[j] = tile[s, j]
+    elif rows.strides[1] == rows.itemsize:
+        for j in range(nd):
+            row = _time_run(rows, lo + j, t0, steps)
             for s in range(steps):
-                row[t0 + s] = tile[s, j]
+                row[s] = tile[s, j]
+    else:
+        for s in range(steps):
+            for j in range(nd):
+                rows[lo + j, t0 + s] = tile[s, j]
 
 
 @njit(inline="always", fastmath=True)
@@ -222,21 +283,18 @@ def _time_step_tile(delta_rows, u_rows, lo, t0, steps, bias, delta_softplus, raw
     vectorise)."""
     _load_tile(delta_rows, lo, t0, steps, raw)
     _load_tile(u_rows, lo, t0, steps, u_tile)
+    nd = raw.shape[1]
     for s in range(steps):
-        raw_s = raw[s]
-        for j in range(raw_s.shape[0]):
-            raw_s[j] = raw_s[j] + bias[j]
-        dt_s = dt[s]
+        for j in range(nd):
+            raw[s, j] = raw[s, j] + bias[j]
         if delta_softplus:
-            for j in range(raw_s.shape[0]):
-                dt_s[j] = softplus(raw_s[j])
+            for j in range(nd):
+                dt[s, j] = softplus(raw[s, j])
         else:
-            for j in range(raw_s.shape[0]):
-                dt_s[j] = raw_s[j]
-        u_s = u_tile[s]
-        dtu_s = dtu[s]
-        for j in range(raw_s.shape[0]):
-            dtu_s[j] = dt_s[j] * u_s[j]
+            for j in range(nd):
+                dt[s, j] = raw[s, j]
+        for j in range(nd):
+            dtu[s, j] = dt[s, j] * u_tile[s, j]
 
 
 @njit(inline="always", fastmath=True)
@@ -327,32 +385,23 @@ def scan_fwd(
                 delta[bi, gi], u[bi, gi], lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu
             )
             for s in range(steps):
-                b_row = Bt[bi, gi, t0 + s]
-                c_row = Ct[bi, gi, t0 + s]
-                dt_s = dt[s]
-                dtu_s = dtu[s]
-                y_s = y[s]
-                u_s = u_tile[s]
+                t = t0 + s
                 for j in range(nd):
-                    y_s[j] = d_skip[j] * u_s[j]
+                    y[s, j] = d_skip[j] * u_tile[s, j]
                 for k in range(dstate):
-                    bk = b_row[k]
-                    ck = c_row[k]
-                    x_k = x[k]
-                    a_k = a_blk[k]
+                    bk = Bt[bi, gi, t, k]
+                    ck = Ct[bi, gi, t, k]
                     for j in range(nd):
-                        state = fast_exp(dt_s[j] * a_k[j]) * x_k[j] + dtu_s[j] * bk
-                        x_k[j] = state
-                        y_s[j] += state * ck
+                        state = fast_exp(dt[s, j] * a_blk[k, j]) * x[k, j] + dtu[s, j] * bk
+                        x[k, j] = state
+                        y[s, j] += state * ck
             if has_z:
                 z_tile = raw  # reuse the buffer
                 _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
                 for s in range(steps):
-                    y_s = y[s]
-                    z_s = z_tile[s]
                     for j in range(nd):
-                        zj = z_s[j]
-                        y_s[j] = y_s[j] * zj * sigmoid(zj)
+                        zj = z_tile[s, j]
+                        y[s, j] = y[s, j] * zj * sigmoid(zj)
             _store_tile(y, steps, out[bi, gi], lo_g, t0)
         for j in range(nd):
             for k in range(dstate):
@@ -468,113 +517,74 @@ def scan_bwd(
             if has_z:
                 _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
                 for s in range(steps):
-                    g_s = g[s]
-                    z_s = z_tile[s]
-                    dout_s = dout_tile[s]
                     for j in range(nd):
-                        zj = z_s[j]
-                        dout_s[j] = g_s[j]
-                        g_s[j] = g_s[j] * zj * sigmoid(zj)
+                        zj = z_tile[s, j]
+                        dout_tile[s, j] = g[s, j]
+                        g[s, j] = g[s, j] * zj * sigmoid(zj)
             x0 = xs[0]
             cp = checkpoints[c]
             for k in range(dstate):
                 for j in range(nd):
                     x0[k, j] = cp[k, j]
             for s in range(steps):
-                b_row = Bt[bi, gi, t0 + s]
-                c_row = Ct[bi, gi, t0 + s]
-                dt_s = dt[s]
-                dtu_s = dtu[s]
-                x_prev = xs[s]
-                x_next = xs[s + 1]  # the state goes straight into the chunk's buffer, row s -> s + 1
-                dec = decays[s]
+                t = t0 + s
                 if has_z:  # the gate's gradient needs the pre-gate output
-                    pre_s = pre[s]
-                    u_s = u_tile[s]
                     for j in range(nd):
-                        pre_s[j] = d_skip[j] * u_s[j]
+                        pre[s, j] = d_skip[j] * u_tile[s, j]
                 for k in range(dstate):
-                    bk = b_row[k]
-                    ck = c_row[k]
-                    a_k = a_blk[k]
-                    dec_k = dec[k]
-                    xp_k = x_prev[k]
-                    xn_k = x_next[k]
+                    bk = Bt[bi, gi, t, k]
+                    ck = Ct[bi, gi, t, k]
                     for j in range(nd):
-                        a = fast_exp(dt_s[j] * a_k[j])
-                        dec_k[j] = a
-                        xn_k[j] = a * xp_k[j] + dtu_s[j] * bk
+                        a = fast_exp(dt[s, j] * a_blk[k, j])
+                        decays[s, k, j] = a
+                        xs[s + 1, k, j] = a * xs[s, k, j] + dtu[s, j] * bk
                     if has_z:
                         for j in range(nd):
-                            pre_s[j] += xn_k[j] * ck
+                            pre[s, j] += xs[s + 1, k, j] * ck
             # The reverse recurrence, h_t = d loss / d x_t = carry + g_t C_t (this step's output plus
             # what flows back from x_{t+1}), carry = decay_t h_t, with every gradient that needs h
             # read off it in the same loop over dims: dA, d dt (sum over states of h x_{t-1} decay A),
             # h B for du and d dt, and the sums over dims that make dB and dC.
             for s in range(steps - 1, -1, -1):
                 t = t0 + s
-                b_row = Bt[bi, gi, t]
-                c_row = Ct[bi, gi, t]
-                g_s = g[s]
-                dt_s = dt[s]
-                dtu_s = dtu[s]
-                x_prev = xs[s]
-                x_next = xs[s + 1]
-                dec = decays[s]
-                db_row = dB_acc[t]
-                dc_row = dC_acc[t]
                 for j in range(nd):
                     dstep[j] = zero
                     hb[j] = zero
                 for k in range(dstate):
-                    bk = b_row[k]
-                    ck = c_row[k]
-                    a_k = a_blk[k]
-                    dec_k = dec[k]
-                    xp_k = x_prev[k]
-                    xn_k = x_next[k]
-                    carry_k = carry[k]
-                    dA_k = dA_acc[k]
+                    bk = Bt[bi, gi, t, k]
+                    ck = Ct[bi, gi, t, k]
                     sum_b = zero
                     sum_c = zero
                     for j in range(nd):
-                        h = carry_k[j] + g_s[j] * ck
-                        decay = dec_k[j]
-                        carry_k[j] = decay * h
-                        w = h * xp_k[j] * decay
-                        dA_k[j] += dt_s[j] * w
-                        dstep[j] += w * a_k[j]
+                        h = carry[k, j] + g[s, j] * ck
+                        decay = decays[s, k, j]
+                        carry[k, j] = decay * h
+                        w = h * xs[s, k, j] * decay
+                        dA_acc[k, j] += dt[s, j] * w
+                        dstep[j] += w * a_blk[k, j]
                         hb[j] += h * bk
-                        sum_b += dtu_s[j] * h
-                        sum_c += g_s[j] * xn_k[j]
-                    db_row[k] = sum_b
-                    dc_row[k] = sum_c
-                u_s = u_tile[s]
-                du_s = du_tile[s]
-                ddt_s = ddt[s]
+                        sum_b += dtu[s, j] * h
+                        sum_c += g[s, j] * xs[s + 1, k, j]
+                    dB_acc[t, k] = sum_b
+                    dC_acc[t, k] = sum_c
                 for j in range(nd):
-                    du_s[j] = g_s[j] * d_skip[j] + dt_s[j] * hb[j]
-                    ddt_s[j] = dstep[j] + hb[j] * u_s[j]
-                    dD_acc[j] += g_s[j] * u_s[j]
+                    du_tile[s, j] = g[s, j] * d_skip[j] + dt[s, j] * hb[j]
+                    ddt[s, j] = dstep[j] + hb[j] * u_tile[s, j]
+                    dD_acc[j] += g[s, j] * u_tile[s, j]
             # The element-wise ends of the chunk: the gate's and softplus' derivatives.
             for s in range(steps):
-                raw_s = raw[s]
-                ddt_s = ddt[s]
                 if delta_softplus:
                     for j in range(nd):
-                        r = raw_s[j]
-                        ddt_s[j] = ddt_s[j] * (one if r > _SOFTPLUS_THRESHOLD else sigmoid(r))
+                        r = raw[s, j]
+                        ddt[s, j] = ddt[s, j] * (one if r > _SOFTPLUS_THRESHOLD else sigmoid(r))
                 for j in range(nd):
-                    dbias_acc[j] += ddt_s[j]
+                    dbias_acc[j] += ddt[s, j]
             if has_z:
                 for s in range(steps):
-                    z_s = z_tile[s]
-                    pre_s = pre[s]
-                    dout_s = dout_tile[s]
                     for j in range(nd):
-                        zj = z_s[j]
+                        zj = z_tile[s, j]
                         sz = sigmoid(zj)
-                        pre_s[j] = dout_s[j] * pre_s[j] * sz * (one + zj * (one - sz))
+                        pre[s, j] = dout_tile[s, j] * pre[s, j] * sz * (one + zj * (one - sz))
                 _store_tile(pre, steps, dz[bi, gi], lo_g, t0)
             _store_tile(du_tile, steps, du[bi, gi], lo_g, t0)
             _store_tile(ddt, steps, ddelta[bi, gi], lo_g, t0)

@@ -290,9 +290,11 @@ FUSED["all"] = (True, True, True)
 
 
 def _grads_through_layout(fn, case, layout, dout):
-    """fn on the case's inputs laid out by ``layout`` (differentiably): out, last_state, input grads."""
+    """fn on the case's inputs laid out by ``layout`` (a name in LAYOUTS or such a function,
+    differentiably): out, last_state, input grads."""
     inputs = make_inputs(case, torch.float32, requires_grad=True)
-    laid = {k: None if v is None else LAYOUTS[layout](k, v) for k, v in inputs.items()}
+    lay = LAYOUTS[layout] if isinstance(layout, str) else layout
+    laid = {k: None if v is None else lay(k, v) for k, v in inputs.items()}
     out, last = fn(**laid, delta_softplus=case.delta_softplus, return_last_state=True)
     present = [k for k, v in inputs.items() if v is not None]
     grads = torch.autograd.grad(out, [inputs[k] for k in present], dout)
@@ -317,6 +319,29 @@ def test_fused_pieces_match_mamba_ref_in_every_layout(fused, layout, cpu_impl):
         scale = max(1.0, float(expected.abs().max()))
         torch.testing.assert_close(
             got[2][name], expected, rtol=1.2e-3, atol=4e-3 * scale, msg=lambda m, n=name: f"d{n}: {m}"
+        )
+
+
+def _single_step_gapped(name: str, t: torch.Tensor) -> torch.Tensor:
+    """(b, d, 1) inputs whose dims are 2 apart and whose one step is 2d apart: neither stride is one
+    element, which the back end takes as it is (a single step needs no copy) and the kernels read
+    element by element."""
+    if name in ("u", "delta", "z"):
+        return t.transpose(1, 2).repeat_interleave(2, dim=2)[:, :, ::2].transpose(1, 2)
+    return t
+
+
+def test_single_step_inputs_with_no_unit_stride_match_ref(cpu_impl):
+    case = ScanCase(2, 8, 4, 1, "grouped", True, True, True, True, True)
+    dout = torch.randn(2, 8, 1, generator=torch.Generator().manual_seed(3))
+    want = _grads_through_layout(functools.partial(selective_scan, backend="ref"), case, "contiguous", dout)
+    cpu = functools.partial(selective_scan, backend="cpu")
+    got = _grads_through_layout(cpu, case, _single_step_gapped, dout)
+    assert got[3]["u"].stride()[1:] == (2, 16)
+    torch.testing.assert_close(got[0], want[0], rtol=6e-4, atol=2e-3)
+    for name, expected in want[2].items():
+        torch.testing.assert_close(
+            got[2][name], expected, rtol=1.2e-3, atol=4e-3, msg=lambda m, n=name: f"d{n}: {m}"
         )
 
 
