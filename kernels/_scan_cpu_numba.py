@@ -446,153 +446,170 @@ def scan_bwd(
     batch, groups, dims_per_group, length = u.shape
     dstate = A.shape[1]
     n_chunks = (length + chunk - 1) // chunk
-    for item in prange(batch * groups * n_blocks):
-        bi, gi, blk, lo, nd = _block_bounds(item, groups, n_blocks, dims_per_group)
-        lo_g = lo - gi * dims_per_group  # the block's first dim within its group
-        u_rows, delta_rows = u[bi, gi], delta[bi, gi]
-        zero = zero_like(A[0, 0])
-        one = one_like(A[0, 0])
-        a_blk = _block_of_A(A, lo, nd)
-        bias = _vector_or_fill(delta_bias, has_bias, lo, nd, zero)
-        d_skip = _vector_or_fill(D, has_D, lo, nd, zero)
-        dB_acc = dBt_part[bi, gi, blk]
-        dC_acc = dCt_part[bi, gi, blk]
-        # Thread-local buffers: the state at each chunk start, one chunk's states and decays, and the
-        # chunk's (step, dim) tiles of the inputs and of the row gradients.
-        checkpoints = np.zeros((n_chunks, dstate, nd), dtype=du.dtype)
-        xs = np.empty((chunk + 1, dstate, nd), dtype=du.dtype)
-        decays = np.empty((chunk, dstate, nd), dtype=du.dtype)
-        carry = np.zeros((dstate, nd), dtype=du.dtype)
-        dA_acc = np.zeros((dstate, nd), dtype=du.dtype)
-        dstep = np.empty(nd, dtype=du.dtype)
-        hb = np.empty(nd, dtype=du.dtype)
-        dD_acc = np.zeros(nd, dtype=du.dtype)
-        dbias_acc = np.zeros(nd, dtype=du.dtype)
-        raw = np.empty((chunk, nd), dtype=du.dtype)
-        dt = np.empty((chunk, nd), dtype=du.dtype)
-        u_tile = np.empty((chunk, nd), dtype=du.dtype)
-        dtu = np.empty((chunk, nd), dtype=du.dtype)
-        g = np.empty((chunk, nd), dtype=du.dtype)  # d loss / d (y + D u)
-        du_tile = np.empty((chunk, nd), dtype=du.dtype)
-        ddt = np.empty((chunk, nd), dtype=du.dtype)  # d loss / d dt, then d loss / d delta
-        z_tile = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)
-        dout_tile = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)
-        pre = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)  # y + D u, then dz
-        # Pass 1: states at the start of every chunk (the first one is zero), walked in place in
-        # carry (free until pass 2). In place through one name: a second name for the same row
-        # fails LLVM's run-time overlap check and sends the loop to its scalar version (9x slower).
-        if has_saved_states:
-            for c in range(1, n_chunks):
-                saved = saved_states[bi, c]
+    n_items = batch * groups * n_blocks
+    workers = min(numba.get_num_threads(), n_items)
+    most_dims = (dims_per_group + n_blocks - 1) // n_blocks
+    for worker in prange(workers):
+        # The three large buffers (a chunk's states and decays, the checkpoints) once per thread, for
+        # all its items: allocations this large (hundreds of KiB) are mapped afresh by malloc each
+        # time, and their first touch cost a page fault per 4 KiB, 8 % of the backward's samples.
+        checkpoints_store = np.empty(n_chunks * dstate * most_dims, dtype=du.dtype)
+        xs_store = np.empty((chunk + 1) * dstate * most_dims, dtype=du.dtype)
+        decays_store = np.empty(chunk * dstate * most_dims, dtype=du.dtype)
+        for item in range(worker, n_items, workers):
+            bi, gi, blk, lo, nd = _block_bounds(item, groups, n_blocks, dims_per_group)
+            lo_g = lo - gi * dims_per_group  # the block's first dim within its group
+            u_rows, delta_rows = u[bi, gi], delta[bi, gi]
+            zero = zero_like(A[0, 0])
+            one = one_like(A[0, 0])
+            a_blk = _block_of_A(A, lo, nd)
+            bias = _vector_or_fill(delta_bias, has_bias, lo, nd, zero)
+            d_skip = _vector_or_fill(D, has_D, lo, nd, zero)
+            dB_acc = dBt_part[bi, gi, blk]
+            dC_acc = dCt_part[bi, gi, blk]
+            # Thread-local buffers: the state at each chunk start, one chunk's states and decays, and the
+            # chunk's (step, dim) tiles of the inputs and of the row gradients.
+            checkpoints = checkpoints_store[: n_chunks * dstate * nd].reshape((n_chunks, dstate, nd))
+            for k in range(dstate):
+                for j in range(nd):
+                    checkpoints[0, k, j] = zero
+            xs = xs_store[: (chunk + 1) * dstate * nd].reshape((chunk + 1, dstate, nd))
+            decays = decays_store[: chunk * dstate * nd].reshape((chunk, dstate, nd))
+            carry = np.zeros((dstate, nd), dtype=du.dtype)
+            dA_acc = np.zeros((dstate, nd), dtype=du.dtype)
+            dstep = np.empty(nd, dtype=du.dtype)
+            hb = np.empty(nd, dtype=du.dtype)
+            dD_acc = np.zeros(nd, dtype=du.dtype)
+            dbias_acc = np.zeros(nd, dtype=du.dtype)
+            raw = np.empty((chunk, nd), dtype=du.dtype)
+            dt = np.empty((chunk, nd), dtype=du.dtype)
+            u_tile = np.empty((chunk, nd), dtype=du.dtype)
+            dtu = np.empty((chunk, nd), dtype=du.dtype)
+            g = np.empty((chunk, nd), dtype=du.dtype)  # d loss / d (y + D u)
+            du_tile = np.empty((chunk, nd), dtype=du.dtype)
+            ddt = np.empty((chunk, nd), dtype=du.dtype)  # d loss / d dt, then d loss / d delta
+            z_tile = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)
+            dout_tile = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)
+            pre = np.empty((chunk if has_z else 1, nd), dtype=du.dtype)  # y + D u, then dz
+            # Pass 1: states at the start of every chunk (the first one is zero), walked in place in
+            # carry (free until pass 2). In place through one name: a second name for the same row
+            # fails LLVM's run-time overlap check and sends the loop to its scalar version (9x slower).
+            if has_saved_states:
+                for c in range(1, n_chunks):
+                    saved = saved_states[bi, c]
+                    cp = checkpoints[c]
+                    for k in range(dstate):
+                        for j in range(nd):
+                            cp[k, j] = saved[k, lo + j]
+            for c in range(0 if has_saved_states else n_chunks - 1):
+                t0 = c * chunk
+                _time_step_tile(
+                    delta_rows, u_rows, lo_g, t0, chunk, bias, delta_softplus, raw, dt, u_tile, dtu
+                )
+                for s in range(chunk):
+                    b_row = Bt[bi, gi, t0 + s]
+                    dt_s = dt[s]
+                    dtu_s = dtu[s]
+                    for k in range(dstate):
+                        bk = b_row[k]
+                        x_k = carry[k]
+                        a_k = a_blk[k]
+                        for j in range(nd):
+                            x_k[j] = fast_exp(dt_s[j] * a_k[j]) * x_k[j] + dtu_s[j] * bk
+                cp = checkpoints[c + 1]
+                for k in range(dstate):
+                    for j in range(nd):
+                        cp[k, j] = carry[k, j]
+            for k in range(dstate):
+                for j in range(nd):
+                    carry[k, j] = zero
+            # Pass 2: chunks from the last to the first; recompute, then run the reverse recurrence.
+            for c in range(n_chunks - 1, -1, -1):
+                t0 = c * chunk
+                steps = min(chunk, length - t0)
+                _time_step_tile(
+                    delta_rows, u_rows, lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu
+                )
+                _load_tile(dout[bi, gi], lo_g, t0, steps, g)
+                if has_z:
+                    _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
+                    for s in range(steps):
+                        for j in range(nd):
+                            zj = z_tile[s, j]
+                            dout_tile[s, j] = g[s, j]
+                            g[s, j] = g[s, j] * zj * sigmoid(zj)
+                x0 = xs[0]
                 cp = checkpoints[c]
                 for k in range(dstate):
                     for j in range(nd):
-                        cp[k, j] = saved[k, lo + j]
-        for c in range(0 if has_saved_states else n_chunks - 1):
-            t0 = c * chunk
-            _time_step_tile(delta_rows, u_rows, lo_g, t0, chunk, bias, delta_softplus, raw, dt, u_tile, dtu)
-            for s in range(chunk):
-                b_row = Bt[bi, gi, t0 + s]
-                dt_s = dt[s]
-                dtu_s = dtu[s]
-                for k in range(dstate):
-                    bk = b_row[k]
-                    x_k = carry[k]
-                    a_k = a_blk[k]
-                    for j in range(nd):
-                        x_k[j] = fast_exp(dt_s[j] * a_k[j]) * x_k[j] + dtu_s[j] * bk
-            cp = checkpoints[c + 1]
-            for k in range(dstate):
-                for j in range(nd):
-                    cp[k, j] = carry[k, j]
-        for k in range(dstate):
-            for j in range(nd):
-                carry[k, j] = zero
-        # Pass 2: chunks from the last to the first; recompute, then run the reverse recurrence.
-        for c in range(n_chunks - 1, -1, -1):
-            t0 = c * chunk
-            steps = min(chunk, length - t0)
-            _time_step_tile(delta_rows, u_rows, lo_g, t0, steps, bias, delta_softplus, raw, dt, u_tile, dtu)
-            _load_tile(dout[bi, gi], lo_g, t0, steps, g)
-            if has_z:
-                _load_tile(z[bi, gi], lo_g, t0, steps, z_tile)
+                        x0[k, j] = cp[k, j]
                 for s in range(steps):
-                    for j in range(nd):
-                        zj = z_tile[s, j]
-                        dout_tile[s, j] = g[s, j]
-                        g[s, j] = g[s, j] * zj * sigmoid(zj)
-            x0 = xs[0]
-            cp = checkpoints[c]
-            for k in range(dstate):
-                for j in range(nd):
-                    x0[k, j] = cp[k, j]
-            for s in range(steps):
-                t = t0 + s
-                if has_z:  # the gate's gradient needs the pre-gate output
-                    for j in range(nd):
-                        pre[s, j] = d_skip[j] * u_tile[s, j]
-                for k in range(dstate):
-                    bk = Bt[bi, gi, t, k]
-                    ck = Ct[bi, gi, t, k]
-                    for j in range(nd):
-                        a = fast_exp(dt[s, j] * a_blk[k, j])
-                        decays[s, k, j] = a
-                        xs[s + 1, k, j] = a * xs[s, k, j] + dtu[s, j] * bk
-                    if has_z:
+                    t = t0 + s
+                    if has_z:  # the gate's gradient needs the pre-gate output
                         for j in range(nd):
-                            pre[s, j] += xs[s + 1, k, j] * ck
-            # The reverse recurrence, h_t = d loss / d x_t = carry + g_t C_t (this step's output plus
-            # what flows back from x_{t+1}), carry = decay_t h_t, with every gradient that needs h
-            # read off it in the same loop over dims: dA, d dt (sum over states of h x_{t-1} decay A),
-            # h B for du and d dt, and the sums over dims that make dB and dC.
-            for s in range(steps - 1, -1, -1):
-                t = t0 + s
-                for j in range(nd):
-                    dstep[j] = zero
-                    hb[j] = zero
-                for k in range(dstate):
-                    bk = Bt[bi, gi, t, k]
-                    ck = Ct[bi, gi, t, k]
-                    sum_b = zero
-                    sum_c = zero
+                            pre[s, j] = d_skip[j] * u_tile[s, j]
+                    for k in range(dstate):
+                        bk = Bt[bi, gi, t, k]
+                        ck = Ct[bi, gi, t, k]
+                        for j in range(nd):
+                            a = fast_exp(dt[s, j] * a_blk[k, j])
+                            decays[s, k, j] = a
+                            xs[s + 1, k, j] = a * xs[s, k, j] + dtu[s, j] * bk
+                        if has_z:
+                            for j in range(nd):
+                                pre[s, j] += xs[s + 1, k, j] * ck
+                # The reverse recurrence, h_t = d loss / d x_t = carry + g_t C_t (this step's output plus
+                # what flows back from x_{t+1}), carry = decay_t h_t, with every gradient that needs h
+                # read off it in the same loop over dims: dA, d dt (sum over states of h x_{t-1} decay A),
+                # h B for du and d dt, and the sums over dims that make dB and dC.
+                for s in range(steps - 1, -1, -1):
+                    t = t0 + s
                     for j in range(nd):
-                        h = carry[k, j] + g[s, j] * ck
-                        decay = decays[s, k, j]
-                        carry[k, j] = decay * h
-                        w = h * xs[s, k, j] * decay
-                        dA_acc[k, j] += dt[s, j] * w
-                        dstep[j] += w * a_blk[k, j]
-                        hb[j] += h * bk
-                        sum_b += dtu[s, j] * h
-                        sum_c += g[s, j] * xs[s + 1, k, j]
-                    dB_acc[t, k] = sum_b
-                    dC_acc[t, k] = sum_c
-                for j in range(nd):
-                    du_tile[s, j] = g[s, j] * d_skip[j] + dt[s, j] * hb[j]
-                    ddt[s, j] = dstep[j] + hb[j] * u_tile[s, j]
-                    dD_acc[j] += g[s, j] * u_tile[s, j]
-            # The element-wise ends of the chunk: the gate's and softplus' derivatives.
-            for s in range(steps):
-                if delta_softplus:
+                        dstep[j] = zero
+                        hb[j] = zero
+                    for k in range(dstate):
+                        bk = Bt[bi, gi, t, k]
+                        ck = Ct[bi, gi, t, k]
+                        sum_b = zero
+                        sum_c = zero
+                        for j in range(nd):
+                            h = carry[k, j] + g[s, j] * ck
+                            decay = decays[s, k, j]
+                            carry[k, j] = decay * h
+                            w = h * xs[s, k, j] * decay
+                            dA_acc[k, j] += dt[s, j] * w
+                            dstep[j] += w * a_blk[k, j]
+                            hb[j] += h * bk
+                            sum_b += dtu[s, j] * h
+                            sum_c += g[s, j] * xs[s + 1, k, j]
+                        dB_acc[t, k] = sum_b
+                        dC_acc[t, k] = sum_c
                     for j in range(nd):
-                        r = raw[s, j]
-                        ddt[s, j] = ddt[s, j] * (one if r > _SOFTPLUS_THRESHOLD else sigmoid(r))
-                for j in range(nd):
-                    dbias_acc[j] += ddt[s, j]
-            if has_z:
+                        du_tile[s, j] = g[s, j] * d_skip[j] + dt[s, j] * hb[j]
+                        ddt[s, j] = dstep[j] + hb[j] * u_tile[s, j]
+                        dD_acc[j] += g[s, j] * u_tile[s, j]
+                # The element-wise ends of the chunk: the gate's and softplus' derivatives.
                 for s in range(steps):
+                    if delta_softplus:
+                        for j in range(nd):
+                            r = raw[s, j]
+                            ddt[s, j] = ddt[s, j] * (one if r > _SOFTPLUS_THRESHOLD else sigmoid(r))
                     for j in range(nd):
-                        zj = z_tile[s, j]
-                        sz = sigmoid(zj)
-                        pre[s, j] = dout_tile[s, j] * pre[s, j] * sz * (one + zj * (one - sz))
-                _store_tile(pre, steps, dz[bi, gi], lo_g, t0)
-            _store_tile(du_tile, steps, du[bi, gi], lo_g, t0)
-            _store_tile(ddt, steps, ddelta[bi, gi], lo_g, t0)
-        for j in range(nd):
-            for k in range(dstate):
-                dA_part[bi, lo + j, k] = dA_acc[k, j]
-            dD_part[bi, lo + j] = dD_acc[j]
-            dbias_part[bi, lo + j] = dbias_acc[j]
+                        dbias_acc[j] += ddt[s, j]
+                if has_z:
+                    for s in range(steps):
+                        for j in range(nd):
+                            zj = z_tile[s, j]
+                            sz = sigmoid(zj)
+                            pre[s, j] = dout_tile[s, j] * pre[s, j] * sz * (one + zj * (one - sz))
+                    _store_tile(pre, steps, dz[bi, gi], lo_g, t0)
+                _store_tile(du_tile, steps, du[bi, gi], lo_g, t0)
+                _store_tile(ddt, steps, ddelta[bi, gi], lo_g, t0)
+            for j in range(nd):
+                for k in range(dstate):
+                    dA_part[bi, lo + j, k] = dA_acc[k, j]
+                dD_part[bi, lo + j] = dD_acc[j]
+                dbias_part[bi, lo + j] = dbias_acc[j]
 
 
 def exp_into(x, out):
