@@ -424,6 +424,7 @@ def scan_bwd(
     has_z,
     chunk,
     n_blocks,
+    workers,
     saved_states,
     has_saved_states,
     du,
@@ -437,7 +438,8 @@ def scan_bwd(
 ):
     """Gradients by recomputation; see the module docstring for the scheme. With
     ``has_saved_states``, the forward's saved_states (b, chunks, n, d) are the checkpoints, and the
-    first pass is skipped.
+    first pass is skipped. The work items are dealt to ``workers`` lists (worker w takes items w,
+    w + workers, ...), one per thread, each with its own buffers.
 
     Outputs: du, ddelta, dz (b, g, d/g, l; dz a dummy without z); dA_part (b, d, n), dD_part and
     dbias_part (b, d), summed over b by the caller; dBt_part, dCt_part (b, g, n_blocks, l, n), summed
@@ -447,7 +449,6 @@ def scan_bwd(
     dstate = A.shape[1]
     n_chunks = (length + chunk - 1) // chunk
     n_items = batch * groups * n_blocks
-    workers = min(numba.get_num_threads(), n_items)
     most_dims = (dims_per_group + n_blocks - 1) // n_blocks
     for worker in prange(workers):
         # The three large buffers (a chunk's states and decays, the checkpoints) once per thread, for
@@ -649,7 +650,7 @@ _ARGS = {
         *("A4", "C3", "C4"),
     ),
     "scan_bwd": (
-        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "C4", "b"),
+        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "i", "C4", "b"),
         *("A4", "A4", "A4", "C3", "C5", "C5", "C2", "C2"),
     ),
     "reduce_transpose": ("C5", "C4"),

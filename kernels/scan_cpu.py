@@ -284,6 +284,7 @@ def selective_scan_bwd(
         z is not None,
         chunk,
         n_blocks,
+        min(torch.get_num_threads(), batch * groups * n_blocks),  # workers, one per thread
         _numpy(saved_states.contiguous() if use_saved else _dummy(u, 4)),
         use_saved,
         _numpy(du),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 from conftest import import_mamba_reference
@@ -378,6 +379,22 @@ def test_layouts_share_one_compiled_kernel_per_dtype():
     for layout in LAYOUTS:
         _grads_through_layout(functools.partial(selective_scan, backend="cpu"), case, layout, dout)
     assert len(kern.scan_fwd.overloads) <= 2 and len(kern.scan_bwd.overloads) <= 2  # float32, float64
+
+
+def test_numba_kernels_load_from_the_disk_cache():
+    """Every kernel's compiled version is in numba's on-disk cache, so a new process loads it in about
+    a second instead of compiling for tens of seconds. numba silently declines to cache a function that
+    uses a dynamic global (``numba.get_num_threads()`` inside a kernel did that to the backward once)."""
+    kern = scan_cpu._numba_module()
+    if kern is None:
+        pytest.skip("numba is not installed")
+    from visbench.kernels import _causal_conv1d_numba
+
+    for module in (kern, _causal_conv1d_numba):
+        for name in module._KERNELS:
+            fn = module.kernel(name, np.float32)
+            for sig in fn.signatures:
+                assert fn._cache.load_overload(sig, fn.targetctx) is not None, f"{module.__name__}.{name}"
 
 
 # ----------------------------------------------------------------------------- gradcheck (float64)
