@@ -468,8 +468,9 @@ def scan_bwd(
             d_skip = _vector_or_fill(D, has_D, lo, nd, zero)
             dB_acc = dBt_part[bi, gi, blk]
             dC_acc = dCt_part[bi, gi, blk]
-            # Thread-local buffers: the state at each chunk start, one chunk's states and decays, and the
-            # chunk's (step, dim) tiles of the inputs and of the row gradients.
+            # The item's buffers: the state at each chunk start and one chunk's states and decays (views
+            # of the thread's stores above), and the chunk's (step, dim) tiles of the inputs and of the
+            # row gradients.
             checkpoints = checkpoints_store[: n_chunks * dstate * nd].reshape((n_chunks, dstate, nd))
             for k in range(dstate):
                 for j in range(nd):
