@@ -622,17 +622,22 @@ def exp_into(x, out):
 
 
 def reduce_transpose(part, out):
-    """out (b, g, n, l) = part (b, g, blocks, l, n) summed over blocks, in B's own layout."""
+    """out (b, g, n, l) = part (b, g, blocks, l, n) summed over blocks, in B's own layout.
+
+    Time is walked in tiles of 16 steps and each state's tile written as one run: written step by step
+    with the states innermost, every store went to a different row of out, L floats apart."""
     batch, groups, n_blocks, length, dstate = part.shape
     for item in prange(batch * groups):
         bi = item // groups
         gi = item % groups
-        for t in range(length):
+        for t0 in range(0, length, 16):
+            t1 = min(t0 + 16, length)
             for k in range(dstate):
-                acc = part[bi, gi, 0, t, k]
-                for blk in range(1, n_blocks):
-                    acc += part[bi, gi, blk, t, k]
-                out[bi, gi, k, t] = acc
+                for t in range(t0, t1):
+                    acc = part[bi, gi, 0, t, k]
+                    for blk in range(1, n_blocks):
+                        acc += part[bi, gi, blk, t, k]
+                    out[bi, gi, k, t] = acc
 
 
 # ----------------------------------------------------------------------------- compiled versions
