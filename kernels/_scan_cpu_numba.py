@@ -621,17 +621,21 @@ def exp_into(x, out):
         out[i] = fast_exp(x[i])
 
 
+# Steps per tile in reduce_transpose: one 64-byte line of each state's float32 row.
+_REDUCE_TILE_STEPS = 16
+
+
 def reduce_transpose(part, out):
     """out (b, g, n, l) = part (b, g, blocks, l, n) summed over blocks, in B's own layout.
 
-    Time is walked in tiles of 16 steps and each state's tile written as one run: written step by step
-    with the states innermost, every store went to a different row of out, L floats apart."""
+    Time is walked in tiles of _REDUCE_TILE_STEPS steps and each state's tile written as one run: written
+    step by step with the states innermost, every store went to a different row of out, L floats apart."""
     batch, groups, n_blocks, length, dstate = part.shape
     for item in prange(batch * groups):
         bi = item // groups
         gi = item % groups
-        for t0 in range(0, length, 16):
-            t1 = min(t0 + 16, length)
+        for t0 in range(0, length, _REDUCE_TILE_STEPS):
+            t1 = min(t0 + _REDUCE_TILE_STEPS, length)
             for k in range(dstate):
                 for t in range(t0, t1):
                     acc = part[bi, gi, 0, t, k]
