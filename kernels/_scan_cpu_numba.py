@@ -130,17 +130,17 @@ _time_run = _borrowed_run(1)
 _BLOCK = 16
 
 
-def _transpose_masks(width: int) -> list[tuple[list[int], list[int]]]:
-    """shufflevector masks of a width x width transpose in log2(width) stages. The stage of bit h
-    pairs rows i and i | h (i without bit h) and swaps bit h between row and column index: the
-    first row of the pair keeps its columns without bit h and takes the partner's others, the
-    second the reverse. After every stage, element (i, j) is at (j, i)."""
+def _transpose_masks(width: int) -> list[tuple[int, list[int], list[int]]]:
+    """(h, first, second) shufflevector masks of a width x width transpose in log2(width) stages.
+    The stage of bit h pairs rows i and i | h (i without bit h) and swaps bit h between row and
+    column index: the first row of the pair keeps its columns without bit h and takes the partner's
+    others, the second the reverse. After every stage, element (i, j) is at (j, i)."""
     stages = []
     h = 1
     while h < width:
         first = [j if not j & h else width + (j ^ h) for j in range(width)]
         second = [(j ^ h) if not j & h else width + j for j in range(width)]
-        stages.append((first, second))
+        stages.append((h, first, second))
         h *= 2
     return stages
 
@@ -149,9 +149,9 @@ def _transpose_masks(width: int) -> list[tuple[list[int], list[int]]]:
 def _transpose_block(typingctx, src, i, t, dst, s, j):
     """dst[s + q, j + p] = src[i + p, t + q] for p, q < _BLOCK: one square block transposed in
     registers (_BLOCK vector loads along src's rows, log2(_BLOCK) stages of shuffles, _BLOCK vector
-    stores along dst's rows). Both arrays are 2-D with a unit stride along axis 1, and the block is
-    in bounds: the caller checks both. A scatter or gather per element, what LLVM makes of the plain
-    loops, ran at about 2 cycles an element."""
+    stores along dst's rows). Both arrays are 2-D with a unit stride along axis 1 (the caller checks
+    the input's; the tiles are C-contiguous), and the block is in bounds. A scatter or gather per
+    element, what LLVM makes of the plain loops, ran at about 2 cycles an element."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 2):
         return None
     if src.dtype != dst.dtype:
@@ -177,8 +177,7 @@ def _transpose_block(typingctx, src, i, t, dst, s, j):
             return pointers
 
         rows = [builder.load(ptr, align=align) for ptr in row_pointers(src_arr, i_, t_)]
-        for stage, (first, second) in enumerate(_transpose_masks(_BLOCK)):
-            h = 1 << stage
+        for h, first, second in _transpose_masks(_BLOCK):
             mask_first = ir.Constant(ir.VectorType(ir.IntType(32), _BLOCK), first)
             mask_second = ir.Constant(ir.VectorType(ir.IntType(32), _BLOCK), second)
             for r in range(_BLOCK):
