@@ -48,8 +48,9 @@ from numba.np.arrayobj import make_array, populate_array  # noqa: E402
 
 # ----------------------------------------------------------------------------- exp that vectorises
 # The decay exp(dt * A) is the hot spot: N of them per step. LLVM (without Intel's SVML, which
-# numba's wheels do not ship) calls libm's expf one element at a time; this version is plain
-# float32 arithmetic, so the loop over N becomes SIMD. Cody-Waite reduction x = k ln2 + r,
+# numba's wheels do not ship) calls libm's expf one element at a time; these versions are plain
+# float32 arithmetic, so the loops become SIMD. For softplus and the sigmoid (one per step, from the
+# raw inputs): Cody-Waite reduction x = k ln2 + r,
 # |r| <= ln2 / 2, a degree-7 Taylor polynomial for e^r (relative error about one float32 ulp), and 2^k
 # built from its exponent bits. Inputs are clamped to [-87, 88] (e^-87 ~ 1.6e-38, float32's normal
 # range). k stays a float32 (np.floor, not math.floor, which returns an int64 and would turn the whole
@@ -70,6 +71,17 @@ _SOFTPLUS_THRESHOLD = np.float32(20.0)
 # 2 atanh(s) series for log1p, s = y / (2 + y) in [0, 1/3] for y in [0, 1].
 _T3, _T5, _T7 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7)
 _T9, _T11, _T13, _T15 = np.float32(1 / 9), np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
+# The decays exp(dt A) = 2^(dt A log2 e), as mamba-ssm's CUDA kernel takes them (exp2f of delta times
+# A * log2e): with log2(e) folded into the block's copy of A once, each decay is rint, one subtraction
+# and a degree-6 polynomial for 2^r on [-1/2, 1/2] (a near-minimax fit: relative error 1.5e-8 with its
+# float32 coefficients, 9e-8 as computed, under one float32 ulp), where the Cody-Waite exp takes a
+# multiply-add more to find k and a degree more. Clamped to [-126, 127]: 2^-126 is the smallest normal
+# float32, and 2^127 keeps a positive dt A (the op takes any A and delta) finite.
+_EXP2_LO = np.float32(-126.0)
+_EXP2_HI = np.float32(127.0)
+_P1, _P2 = np.float32(0.6931471824645996), np.float32(0.24022647738456726)
+_P3, _P4 = np.float32(0.055503327399492264), np.float32(0.009618427604436874)
+_P5, _P6 = np.float32(0.0013398817973211408), np.float32(0.00015356126823462546)
 
 
 @intrinsic
@@ -203,6 +215,15 @@ def _exp_float32(x):
 
 
 @njit(inline="always", fastmath=True)
+def _exp2_float32(y):
+    y = min(max(y, _EXP2_LO), _EXP2_HI)
+    k = np.rint(y)
+    r = y - k
+    p = _ONE + r * (_P1 + r * (_P2 + r * (_P3 + r * (_P4 + r * (_P5 + r * _P6)))))
+    return p * _bits_to_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+
+
+@njit(inline="always", fastmath=True)
 def _log1p_unit_float32(y):
     """log1p(y) for y in [0, 1], relative error about one ulp down to tiny y (no 1 + y rounding)."""
     s = y / (_TWO + y)
@@ -223,8 +244,13 @@ def _sigmoid_float32(x):
     return _ONE / (_ONE + _exp_float32(-x))
 
 
-def fast_exp(x):
-    """exp(x): the SIMD-friendly version for float32, math.exp otherwise (float64 stays exact)."""
+def decay_rate(a):
+    """A in the units decay_exp takes: A log2(e) for float32 (whose decays are powers of 2), A for float64."""
+    return a
+
+
+def decay_exp(x):
+    """The decay from dt * decay_rate(A): 2^x for float32 (SIMD-friendly), libm's exp for float64."""
     return math.exp(x)
 
 
@@ -248,10 +274,17 @@ def one_like(x):
     return 1.0
 
 
-@overload(fast_exp, inline="always")
-def _fast_exp_overload(x):
+@overload(decay_rate, inline="always")
+def _decay_rate_overload(a):
+    if a == types.float32:
+        return lambda a: a * _LOG2E
+    return lambda a: a
+
+
+@overload(decay_exp, inline="always")
+def _decay_exp_overload(x):
     if x == types.float32:
-        return lambda x: _exp_float32(x)
+        return lambda x: _exp2_float32(x)
     return lambda x: math.exp(x)
 
 
@@ -393,6 +426,16 @@ def _block_of_A(A, lo, nd):
 
 
 @njit(inline="always", fastmath=True)
+def _decay_rates(a_blk):
+    """decay_rate of a block of A: what the decays' exponentials take, dt times these."""
+    rates = np.empty_like(a_blk)
+    for k in range(a_blk.shape[0]):
+        for j in range(a_blk.shape[1]):
+            rates[k, j] = decay_rate(a_blk[k, j])
+    return rates
+
+
+@njit(inline="always", fastmath=True)
 def _vector_or_fill(values, has_values, lo, nd, fill):
     """values[lo : lo + nd] (a copy), or nd times ``fill`` when the input is absent."""
     out = np.empty(nd, dtype=values.dtype)
@@ -450,7 +493,7 @@ def scan_fwd(
         bi, gi, _, lo, nd = _block_bounds(item, groups, n_blocks, dims_per_group)
         lo_g = lo - gi * dims_per_group  # the block's first dim within its group
         zero = zero_like(A[0, 0])
-        a_blk = _block_of_A(A, lo, nd)
+        rates = _decay_rates(_block_of_A(A, lo, nd))
         bias = _vector_or_fill(delta_bias, has_bias, lo, nd, zero)
         d_skip = _vector_or_fill(D, has_D, lo, nd, zero)
         x = np.zeros((dstate, nd), dtype=out.dtype)
@@ -477,7 +520,7 @@ def scan_fwd(
                     bk = Bt[bi, gi, t, k]
                     ck = Ct[bi, gi, t, k]
                     for j in range(nd):
-                        state = fast_exp(dt[s, j] * a_blk[k, j]) * x[k, j] + dtu[s, j] * bk
+                        state = decay_exp(dt[s, j] * rates[k, j]) * x[k, j] + dtu[s, j] * bk
                         x[k, j] = state
                         y[s, j] += state * ck
             if has_z:
@@ -548,7 +591,8 @@ def scan_bwd(
             u_rows, delta_rows = u[bi, gi], delta[bi, gi]
             zero = zero_like(A[0, 0])
             one = one_like(A[0, 0])
-            a_blk = _block_of_A(A, lo, nd)
+            a_blk = _block_of_A(A, lo, nd)  # for d dt; the decays take the rates
+            rates = _decay_rates(a_blk)
             bias = _vector_or_fill(delta_bias, has_bias, lo, nd, zero)
             d_skip = _vector_or_fill(D, has_D, lo, nd, zero)
             dB_acc = dBt_part[bi, gi, blk]
@@ -600,9 +644,9 @@ def scan_bwd(
                     for k in range(dstate):
                         bk = b_row[k]
                         x_k = carry[k]
-                        a_k = a_blk[k]
+                        rate_k = rates[k]
                         for j in range(nd):
-                            x_k[j] = fast_exp(dt_s[j] * a_k[j]) * x_k[j] + dtu_s[j] * bk
+                            x_k[j] = decay_exp(dt_s[j] * rate_k[j]) * x_k[j] + dtu_s[j] * bk
                 cp = checkpoints[c + 1]
                 for k in range(dstate):
                     for j in range(nd):
@@ -639,7 +683,7 @@ def scan_bwd(
                         bk = Bt[bi, gi, t, k]
                         ck = Ct[bi, gi, t, k]
                         for j in range(nd):
-                            a = fast_exp(dt[s, j] * a_blk[k, j])
+                            a = decay_exp(dt[s, j] * rates[k, j])
                             decays[s, k, j] = a
                             xs[s + 1, k, j] = a * xs[s, k, j] + dtu[s, j] * bk
                         if has_z:
@@ -700,10 +744,10 @@ def scan_bwd(
 
 
 def exp_into(x, out):
-    """out = fast_exp(x) element-wise: the kernels' own exponential, so that a floor can be set at
-    the rate this machine does it (``visbench scan-bench``)."""
+    """out = decay_exp(x) element-wise: the exponential the kernels' decays take (2^x for float32), so
+    that a floor can be set at the rate this machine does it (``visbench scan-bench``)."""
     for i in prange(x.shape[0]):
-        out[i] = fast_exp(x[i])
+        out[i] = decay_exp(x[i])
 
 
 # Steps per tile in reduce_transpose: one 64-byte line of each state's float32 row.
@@ -808,8 +852,9 @@ def set_threads(n: int) -> None:
 
 __all__ = [
     "compiled_for",
+    "decay_exp",
+    "decay_rate",
     "exp_into",
-    "fast_exp",
     "kernel",
     "reduce_transpose",
     "scan_bwd",

@@ -4,7 +4,7 @@ Why numba: it is a pip dependency with its own LLVM (no C++ toolchain, no ninja)
 kernels once per machine (tens of seconds on a busy 2-core box) and then loads them from its on-disk
 cache in about a second; ``torch.utils.cpp_extension`` would need ninja, g++ and a minute per build
 for the same loop. Speed comes from the kernel shape, not the JIT: the state of a block of dims stays
-in L1, the loops over those dims are SIMD (see ``_scan_cpu_numba.fast_exp``), and the element-wise
+in L1, the loops over those dims are SIMD (see ``_scan_cpu_numba.decay_exp``), and the element-wise
 ends (bias, softplus, the D skip, the silu gate, and their gradients) are fused into the kernels as
 vectorised loops over (step, dim) tiles, so the op builds no (batch, dim, L) temporaries besides its
 outputs.

@@ -372,6 +372,26 @@ def test_single_step_inputs_with_no_unit_stride_match_ref(cpu_impl):
         )
 
 
+def test_positive_A_grows_the_state_as_ref_does(cpu_impl):
+    """The op takes any A: with A > 0 every decay is a growth (in the numba kernels, 2^x of a positive
+    x, where rint and the exponent bits take the other sign), and the states and gradients follow ref."""
+    case = ScanCase(2, 8, 4, 64, "shared", True, True, True, True, False)
+    inputs = make_inputs(case, torch.float32, requires_grad=True)
+    with torch.no_grad():
+        inputs["A"].neg_().mul_(0.2)  # mamba-ssm's A is -0.5 rand: now 0 .. 0.1, a growth of up to e^8
+    dout = torch.randn(2, 8, 64)
+    results = []
+    for backend in ("ref", "cpu"):
+        fresh = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        results.append(run_scan(backend, case, fresh, dout))
+    (ref_out, _, ref_grads), (out, _, grads) = results
+    assert bool((ref_out.abs().amax(-1) > 10 * ref_out[..., :8].abs().amax(-1)).any())  # it does grow
+    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3 * float(ref_out.abs().max()))
+    for name in ref_grads:
+        scale = max(1.0, float(ref_grads[name].abs().max()))
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1.2e-3, atol=4e-3 * scale, msg=name)
+
+
 @pytest.mark.parametrize("fused", ["softplus_bias", "z"])
 def test_fused_pieces_at_extreme_arguments_match_ref(fused, cpu_impl):
     """softplus on both sides of torch's threshold of 20 and far below 0; the gate where silu saturates."""
