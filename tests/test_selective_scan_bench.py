@@ -20,9 +20,21 @@ def test_cases_follow_the_issue():
 def test_measure_reports_time_and_memory(variant):
     case = {"mode": "fwd+bwd", "batch": 1, "dim": 8, "dstate": 4, "length": 32}
     result = scan_bench.measure(variant, case, "cpu", repeats=2, time_budget=5.0)
-    assert result["seconds"] > 0 and 1 <= result["runs"] <= 2
+    assert result["seconds"] > 0 and result["runs"] >= 2
     if sys.platform.startswith("linux"):
         assert result["peak_bytes"] is not None and result["peak_bytes"] >= 0
+
+
+def test_a_measurement_repeats_for_its_least_runs_and_time_within_the_budget():
+    """A fast case repeats past ``repeats`` until MIN_SECONDS; the budget stops it first; one run always."""
+    least = scan_bench.MIN_SECONDS
+    assert scan_bench._keep_repeating(1, 0.0, repeats=3, time_budget=10.0)
+    assert scan_bench._keep_repeating(5, least / 2, repeats=3, time_budget=10.0)  # fast: keeps going
+    assert not scan_bench._keep_repeating(5, least, repeats=3, time_budget=10.0)
+    assert scan_bench._keep_repeating(2, 3.0, repeats=3, time_budget=10.0)  # slow: its least runs
+    assert not scan_bench._keep_repeating(1, 0.5, repeats=3, time_budget=0.5)  # the budget ends it
+    case = {"mode": "fwd", "batch": 1, "dim": 4, "dstate": 2, "length": 8}
+    assert scan_bench.measure("cpu-torch", case, "cpu", repeats=3, time_budget=0.0)["runs"] == 1
 
 
 def test_cli_parses_quick(capsys):
