@@ -22,7 +22,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 from numba.core import types
-from visbench.kernels._scan_cpu_numba import compiled_for, one_like, set_threads, sigmoid, zero_like
+from visbench.kernels._scan_cpu_numba import (
+    FLUSH_SUBNORMALS,
+    compiled_for,
+    fp_mode,
+    one_like,
+    set_fp_mode,
+    set_threads,
+    sigmoid,
+    zero_like,
+)
 
 
 @njit(inline="always", fastmath=True)
@@ -54,6 +63,8 @@ def conv_fwd(x, weight, bias, has_bias, silu, out):
     batch, dim, length = x.shape
     width = weight.shape[1]
     for row in prange(batch * dim):
+        caller_fp_mode = fp_mode()  # subnormals flushed, as in the scan kernels
+        set_fp_mode(caller_fp_mode | FLUSH_SUBNORMALS)
         bi = row // dim
         di = row % dim
         zero = zero_like(weight[0, 0])
@@ -67,6 +78,7 @@ def conv_fwd(x, weight, bias, has_bias, silu, out):
         out_row = out[bi, di]
         for t in range(length):
             out_row[t] = pre[t]
+        set_fp_mode(caller_fp_mode)
 
 
 def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, dbias_part):
@@ -80,6 +92,8 @@ def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, 
     width = weight.shape[1]
     block_size = (dim + n_blocks - 1) // n_blocks
     for item in prange(batch * n_blocks):
+        caller_fp_mode = fp_mode()  # subnormals flushed, as in the scan kernels
+        set_fp_mode(caller_fp_mode | FLUSH_SUBNORMALS)
         bi = item // n_blocks
         d_lo = (item % n_blocks) * block_size
         d_hi = min(d_lo + block_size, dim)
@@ -120,6 +134,7 @@ def conv_bwd(x, weight, bias, has_bias, silu, dout, n_blocks, dx, dweight_part, 
             dx_row = dx[bi, di]
             for t in range(length):
                 dx_row[t] = pre[t]
+        set_fp_mode(caller_fp_mode)
 
 
 # ----------------------------------------------------------------------------- channel-last kernels
@@ -180,6 +195,8 @@ def conv_fwd_channel_last(x, weight, bias, has_bias, silu, tile_steps, out):
     w_tiled = _tiled_weight(weight, tile_steps)
     bias_tiled = _tiled_bias(bias, has_bias, tile_steps, dim, out.dtype)
     for item in prange(batch * n_tiles):
+        caller_fp_mode = fp_mode()  # subnormals flushed, as in the scan kernels
+        set_fp_mode(caller_fp_mode | FLUSH_SUBNORMALS)
         bi = item // n_tiles
         start = (item % n_tiles) * tile_steps * dim
         n = min(tile_steps * dim, length * dim - start)
@@ -194,6 +211,7 @@ def conv_fwd_channel_last(x, weight, bias, has_bias, silu, tile_steps, out):
         out_tile = out_flat[start : start + n]
         for j in range(n):
             out_tile[j] = pre[j]
+        set_fp_mode(caller_fp_mode)
 
 
 def conv_bwd_channel_last(
@@ -216,6 +234,8 @@ def conv_bwd_channel_last(
     w_tiled = _tiled_weight(weight, tile_steps + width - 1)  # the tile and its halo
     bias_tiled = _tiled_bias(bias, has_bias, tile_steps + width - 1, dim, dx.dtype)
     for item in prange(batch * n_groups):
+        caller_fp_mode = fp_mode()  # subnormals flushed, as in the scan kernels
+        set_fp_mode(caller_fp_mode | FLUSH_SUBNORMALS)
         bi = item // n_groups
         tile_lo = (item % n_groups) * tiles_per_group
         tile_hi = min(tile_lo + tiles_per_group, n_tiles)
@@ -281,6 +301,7 @@ def conv_bwd_channel_last(
             dbias_part[item, c] = db[c]
             for k in range(width):
                 dweight_part[item, c, k] = dw[k, c]
+        set_fp_mode(caller_fp_mode)
 
 
 _FLAGS = dict(parallel=True, cache=True, fastmath=True)

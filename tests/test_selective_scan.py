@@ -372,6 +372,44 @@ def test_single_step_inputs_with_no_unit_stride_match_ref(cpu_impl):
         )
 
 
+def test_subnormals_are_flushed_in_the_kernels_and_the_callers_mode_is_kept():
+    """A gradient on the last step only decays into float32's subnormal range over 784 steps, where x86
+    cores slow down about a hundredfold per operation. The numba kernels run with flush-to-zero (and
+    denormals-are-zero) on, so their gradients hold zeros there, agree with ref, and the caller's mode
+    is back afterwards: torch, on every thread, still makes subnormals after a scan or a conv1d call."""
+    kern = scan_cpu._numba_module()
+    if kern is None:
+        pytest.skip("numba is not installed")
+    if not kern._X86:
+        pytest.skip("the kernels set flush-to-zero on x86 only")
+    from visbench.kernels import causal_conv1d
+
+    tiny = torch.finfo(torch.float32).tiny
+    gen = torch.Generator().manual_seed(0)
+    batch, dim, dstate, length = 2, 8, 4, 784
+    inputs = {
+        "u": torch.randn(batch, dim, length, generator=gen),
+        "delta": 0.5 * torch.rand(batch, dim, length, generator=gen),
+        "A": -torch.arange(1.0, dstate + 1).repeat(dim, 1),
+        "B": torch.randn(batch, dstate, length, generator=gen),
+        "C": torch.randn(batch, dstate, length, generator=gen),
+        "D": torch.ones(dim),
+    }
+    dout = torch.zeros(batch, dim, length)
+    dout[..., -1] = 1.0
+    grads = {}
+    for backend in ("ref", "cpu"):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+        grads[backend] = dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), dout), strict=True))
+    subnormal = {b: (g["delta"] != 0) & (g["delta"].abs() < tiny) for b, g in grads.items()}
+    assert subnormal["ref"].any() and not subnormal["cpu"].any()
+    for name, want in grads["ref"].items():
+        torch.testing.assert_close(grads["cpu"][name], want, rtol=1.2e-3, atol=4e-3, msg=name)
+    causal_conv1d(inputs["u"], torch.randn(dim, 4), None, "silu")
+    assert (torch.full((1 << 20,), tiny) / 16).ne(0).all()  # split over torch's threads
+
+
 def test_positive_A_grows_the_state_as_ref_does(cpu_impl):
     """The op takes any A: with A > 0 every decay is a growth (in the numba kernels, 2^x of a positive
     x, where rint and the exponent bits take the other sign), and the states and gradients follow ref."""
