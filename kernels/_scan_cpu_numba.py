@@ -841,11 +841,11 @@ exp_into = njit(**_FLAGS)(exp_into)
 # "i" an integer. The (b, g, d/g, L) inputs take any strides; everything else is contiguous.
 _ARGS = {
     "scan_fwd": (
-        *("A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "b"),
+        *("A4", "A4", "C1", "b", "b", "C2", "A4", "A4", "C1", "b", "A4", "b", "i", "i", "b"),
         *("A4", "C3", "C4"),
     ),
     "scan_bwd": (
-        *("A4", "A4", "A4", "C1", "b", "b", "C2", "C4", "C4", "C1", "b", "A4", "b", "i", "i", "i", "C4", "b"),
+        *("A4", "A4", "A4", "C1", "b", "b", "C2", "A4", "A4", "C1", "b", "A4", "b", "i", "i", "i", "C4", "b"),
         *("A4", "A4", "A4", "C3", "C5", "C5", "C2", "C2"),
     ),
     "reduce_transpose": ("C5", "C4"),

@@ -193,6 +193,33 @@ def test_row_tiles_transposed_in_blocks_agree_exactly_with_channel_last(dtype):
         torch.testing.assert_close(got_rows, expected, rtol=1.2e-3, atol=4e-3 * scale)
 
 
+def test_B_and_C_with_unit_stride_states_are_read_in_place_and_agree_exactly():
+    """B and C as an SSM mixer hands them over, slices of one route-major (K, b, L, R + 2N) projection
+    with the states unit-stride, go to the numba kernels as views (no copy) and give the same outputs and
+    gradients, bit for bit, as the same values contiguous in mamba-ssm's (b, G, N, L) layout."""
+    if scan_cpu._numba_module() is None:
+        pytest.skip("numba is not installed")
+    gen = torch.Generator().manual_seed(5)
+    batch, groups, dims, dstate, length = 2, 2, 8, 4, 70
+    proj = torch.randn(groups, batch, length, 3 + 2 * dstate, generator=gen)
+    u = torch.randn(batch, groups * dims, length, generator=gen)
+    delta = 0.5 * torch.rand(batch, groups * dims, length, generator=gen)
+    A = -0.5 * torch.rand(groups * dims, dstate, generator=gen)
+    dout = torch.randn(batch, groups * dims, length, generator=gen)
+
+    def run(in_place: bool):
+        leaves = [t.clone().requires_grad_(True) for t in (u, delta, A, proj)]
+        b_view = leaves[3][..., 3 : 3 + dstate].permute(1, 0, 3, 2)  # (b, G, N, L), N unit-stride
+        c_view = leaves[3][..., 3 + dstate :].permute(1, 0, 3, 2)
+        B, C = (b_view, c_view) if in_place else (b_view.contiguous(), c_view.contiguous())
+        assert (scan_cpu._bt(B).data_ptr() == leaves[3].data_ptr() + 3 * proj.element_size()) == in_place
+        out = selective_scan(*leaves[:3], B, C, delta_softplus=True, backend="cpu")
+        return [out, *torch.autograd.grad(out, [*leaves[:3], B, C], dout)]
+
+    for got, want in zip(run(in_place=True), run(in_place=False), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_grouped_B_with_shared_C():
     """B grouped (b, G, N, L) with C shared (b, N, L): each keeps its own layout and gradient shape."""
     case = ScanCase(2, 8, 4, 9, "grouped", False, True, False, False, False)
