@@ -13,7 +13,8 @@ contiguous buffer, and a row of out or dx is computed in one and written once: t
 runs on contiguous rows, where it vectorises. A channel-last x (a (b, d, L) view of a contiguous
 (b, L, d) tensor, what a projection's output transposed is) has kernels of its own that read each sample
 as one flat array (see "channel-last kernels" below); the caller allocates out and dx in x's layout, so
-neither layout costs a copy around the op.
+neither layout costs a copy around the op. As in the scan kernels, each work item runs with subnormals
+flushed to zero (x86's MXCSR) and restores the caller's mode before it ends.
 """
 
 from __future__ import annotations
