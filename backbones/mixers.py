@@ -175,7 +175,7 @@ class SelectiveScanOperator(nn.Module):
         x_dbl = route_projection(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
         dts = route_projection(self.dt_proj_weight, dts)  # (B, K, C, L)
-        y = selective_scan(  # grouped (B, K, C, L) views; B, C copied at most once, into the op's layout
+        y = selective_scan(  # grouped (B, K, C, L) views; B, C copied at most once (`cpu`: in place)
             xs,
             dts,
             -torch.exp(self.A_log.float()),

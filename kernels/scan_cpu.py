@@ -14,8 +14,8 @@ the (b, d, L) or grouped (b, G, d/G, L) tensors u, delta, z and dout are read by
 (b, g, d/g, L) views (g = B's groups, each group in strides of its own, e.g. route-major memory),
 whenever L or the dims are unit-stride (rows, or channel-last views such as a channel-last conv1d's
 output), and copied once otherwise; out, du, ddelta and dz come back in u's (delta's, z's) layout.
-B and C are used as (b, g, L, N) contiguous, which is free when they are that layout in memory (a
-projection's output split into B and C) and one small copy otherwise.
+B and C are read as (b, g, L, N) views whenever their states are unit-stride (slices of a projection's
+output, as the SSM mixer hands them over), and copied once, a small copy, otherwise.
 
 ``VISBENCH_SCAN_CPU_IMPL=torch`` (or :func:`use_implementation`) forces the fallback, e.g. for tests.
 numba writes its cache next to ``kernels/_scan_cpu_numba.py`` (``__pycache__``), or, when that folder

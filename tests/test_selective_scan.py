@@ -220,17 +220,22 @@ def test_B_and_C_with_unit_stride_states_are_read_in_place_and_agree_exactly():
         assert torch.equal(got, want)
 
 
+def _ref_and_cpu(case: ScanCase, inputs: dict, dout: torch.Tensor) -> list[tuple]:
+    """run_scan's (out, last_state, grads) on `ref`, then on `cpu`, each on fresh copies of ``inputs``."""
+    results = []
+    for backend in ("ref", "cpu"):
+        fresh = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        results.append(run_scan(backend, case, fresh, dout))
+    return results
+
+
 def test_grouped_B_with_shared_C():
     """B grouped (b, G, N, L) with C shared (b, N, L): each keeps its own layout and gradient shape."""
     case = ScanCase(2, 8, 4, 9, "grouped", False, True, False, False, False)
     inputs = make_inputs(case, torch.float32, requires_grad=True)
     inputs["C"] = torch.randn(2, 4, 9, requires_grad=True)
     dout = torch.randn(2, 8, 9)
-    results = []
-    for backend in ("ref", "cpu"):
-        fresh = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-        results.append(run_scan(backend, case, fresh, dout))
-    (ref_out, _, ref_grads), (out, _, grads) = results
+    (ref_out, _, ref_grads), (out, _, grads) = _ref_and_cpu(case, inputs, dout)
     torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
     assert grads["C"].shape == (2, 4, 9) and grads["B"].shape == (2, 4, 4, 9)
     for name in ref_grads:
@@ -445,11 +450,7 @@ def test_positive_A_grows_the_state_as_ref_does(cpu_impl):
     with torch.no_grad():
         inputs["A"].neg_().mul_(0.2)  # mamba-ssm's A is -0.5 rand: now 0 .. 0.1, a growth of up to e^8
     dout = torch.randn(2, 8, 64)
-    results = []
-    for backend in ("ref", "cpu"):
-        fresh = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-        results.append(run_scan(backend, case, fresh, dout))
-    (ref_out, _, ref_grads), (out, _, grads) = results
+    (ref_out, _, ref_grads), (out, _, grads) = _ref_and_cpu(case, inputs, dout)
     assert bool((ref_out.abs().amax(-1) > 10 * ref_out[..., :8].abs().amax(-1)).any())  # it does grow
     torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3 * float(ref_out.abs().max()))
     for name in ref_grads:

@@ -468,7 +468,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller cases, about a minute on 2 CPU cores")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="least runs per measurement (and 1 s); the best is kept"
+        "--repeats",
+        type=int,
+        default=3,
+        help=f"least runs per measurement (and {MIN_SECONDS:g} s); the best is kept",
     )
     parser.add_argument("--budget", type=float, default=10.0, help="stop repeating after this many seconds")
     parser.add_argument("--json", metavar="PATH", help="also write the measurements to this JSON file")
