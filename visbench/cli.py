@@ -21,6 +21,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from visbench.cpu_allocator import keep_freed_memory
+
 # name -> (module, one-line help). Order is the order shown by --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("visbench.study", "run the one-command study on the embedded data and write the tables"),
@@ -159,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.pop(0)
     if argv and argv[0] in SUBCOMMANDS and _available(SUBCOMMANDS[argv[0]][0]):
         name = argv[0]
+        keep_freed_memory()  # every subcommand is an experiment process: no page-fault storm per step
         try:
             return _run_subcommand(name, argv[1:])
         except KeyboardInterrupt:

@@ -28,7 +28,7 @@ Schema version 1: one JSON object per run, ``<run dir>/result.json``.
 - ``versions`` ({str: str | null}): python, torch, timm, visbench, (mmdet, mmengine, ... if installed).
 - ``git_commit`` (str | null): commit of the visbench checkout; null outside a git repository.
 - ``environment`` (object, optional): threads, CUDA / cuDNN, TF32 flags, float32 matmul precision,
-  AMP, git dirty flag (:func:`environment_info`).
+  AMP, git dirty flag, CPU allocator setting (:func:`environment_info`).
 - ``config_path``, ``config_hash`` (str | null): the run's config file and :func:`config_hash` of it.
 - ``start_time``, ``end_time`` (str): ISO 8601 with UTC offset; end not before start.
 - ``extra`` (object, optional): free form, not read by ``tables``.
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from visbench.atomic import atomic_write_text
+from visbench.cpu_allocator import allocator_setting
 
 SCHEMA_VERSION = 1
 RESULT_FILENAME = "result.json"
@@ -201,7 +202,8 @@ def environment_info(device: str | None = None, amp: str | None = None) -> dict[
     """The schema fields that describe where and how a run ran, ready for ``result.update(...)``.
 
     Returns ``device``, ``versions``, ``git_commit`` and ``environment`` (threads, CUDA / cuDNN versions,
-    TF32 flags, float32 matmul precision, git dirty flag, and ``amp`` as given: e.g. ``"bf16"`` or None).
+    TF32 flags, float32 matmul precision, git dirty flag, the CPU allocator's setting, and ``amp`` as
+    given: e.g. ``"bf16"`` or None).
     """
     import torch
 
@@ -219,6 +221,7 @@ def environment_info(device: str | None = None, amp: str | None = None) -> dict[
         "amp": amp,
         "git_dirty": dirty,
         "platform": platform.platform(),
+        "cpu_allocator": allocator_setting(),
     }
     return {
         "device": device_string(device),
