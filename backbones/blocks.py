@@ -13,7 +13,7 @@ import torch
 from timm.layers import DropPath, LayerNorm
 from torch import nn
 from visbench.backbones.mixers import create_sequence_operator
-from visbench.kernels import linear
+from visbench.kernels import concat_linear, split_linear
 
 __all__ = ["GatedBlock"]
 
@@ -56,22 +56,20 @@ class GatedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``fc2(act(g) * cat(i, mixer(c)))`` with ``g, i, c = split(fc1(norm(x)))``, as timm's block.
 
-        Computed as one GEMM per channel group on slices of ``fc1`` / ``fc2``'s weights: the same
-        products, summed in two parts in ``fc2``, without the split's strided views (element-wise ops
-        on them are not vectorised) and the two concatenations of (B, H, W, ~2 hidden) tensors (the
-        forward's ``cat``, and the split's backward). On the 1-D bodies (784 tokens, batch 64) those
-        were about a third of a train step, for every mixer alike. ``visbench.kernels.linear`` is
-        ``F.linear`` with the bias gradient taken as one GEMV instead of torch's slower column sum.
+        Computed as one GEMM per channel group (``visbench.kernels.split_linear`` / ``concat_linear``):
+        the same products, without the split's strided views (element-wise ops on them are not
+        vectorised) and the two concatenations of (B, H, W, ~2 hidden) tensors (the forward's ``cat``,
+        and the split's backward). On the 1-D bodies (784 tokens, batch 64) those were about a third of
+        a train step, for every mixer alike.
         """
         shortcut = x
         x = self.norm(x)
         _, kept, mixed = self.split_sizes
-        sizes = (kept, mixed, kept, mixed)  # fc1 rows: gates of kept, gates of mixed, kept, mixed channels
-        weights, biases = self.fc1.weight.split(sizes), self.fc1.bias.split(sizes)
-        gate_mixed, to_mix = linear(x, weights[1], biases[1]), linear(x, weights[3], biases[3])
-        fc2_kept, fc2_mixed = self.fc2.weight.split((kept, mixed), dim=1)
-        out = linear(self.act(gate_mixed) * self.mixer(to_mix), fc2_mixed, self.fc2.bias)
-        if kept:
-            gate_kept, keep = linear(x, weights[0], biases[0]), linear(x, weights[2], biases[2])
-            out = linear(self.act(gate_kept) * keep, fc2_kept) + out
+        # fc1 rows: gates of the kept channels, gates of the mixed ones, kept channels, mixed channels
+        gate_kept, gate_mixed, keep, to_mix = split_linear(
+            x, self.fc1.weight, self.fc1.bias, (kept, mixed, kept, mixed)
+        )
+        mixed_out = self.act(gate_mixed) * self.mixer(to_mix)
+        kept_out = self.act(gate_kept) * keep
+        out = concat_linear((kept_out, mixed_out), self.fc2.weight, self.fc2.bias)  # fc2 columns: kept, mixed
         return self.drop_path(out) + shortcut

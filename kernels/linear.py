@@ -1,66 +1,171 @@
-"""``F.linear`` whose bias gradient is a matrix-vector product, the projection op of the shared block.
+"""The shared block's projections: one linear layer split over its outputs, one over its inputs.
 
-torch's autograd reduces a linear layer's bias gradient with ``grad.sum(0)`` over all rows. On CPU that
-reduction is slow when the width is not a multiple of the vector width: on a (50176, 53) gradient, the
-1-D bodies' gate width, it took 1.57 ms against 0.36 ms for the same sum as a GEMV (``gradᵀ · 1``), and
-the bias gradients were about 5 % of the gated CNN body's train step. The forward and the input and
-weight gradients are the products autograd computes for ``F.linear``; only the bias sum changes.
+MambaOut's Gated CNN block applies ``fc1`` and then splits its output into channel groups (gate,
+identity, token-mixed), and ``fc2`` reads their concatenation. Done as one GEMM, the element-wise ops
+that follow would run on strided column views, which are not vectorised, and the split and the
+concatenation would each copy (B, H, W, ~2 hidden) tensors forward and backward. These two ops compute
+the same products one GEMM per group, with contiguous results and no concatenation:
+
+- :func:`split_linear` is ``F.linear(x, weight, bias).split(sizes, -1)``. Its input gradient, a sum over
+  the groups, is accumulated inside the GEMMs (``addmm`` into its own output) instead of by autograd's
+  separate additions.
+- :func:`concat_linear` is ``F.linear(torch.cat(xs, -1), weight, bias)``. Its forward accumulates the
+  groups' products inside the GEMMs the same way.
+
+Both take the bias gradient as a GEMV (``gradᵀ · 1``): torch's ``grad.sum(0)`` over all rows is slow on
+CPU when the width is not a multiple of the vector width (on the 1-D bodies' (50176, 53) gate gradient
+1.57 ms against 0.36 ms). Values are the same products as ``F.linear``'s, summed in another order.
+Under ``torch.jit.trace`` (fvcore's counts, ONNX) and without autograd they run as plain ``F.linear``
+calls; under autocast their operands are cast to autocast's dtype first, as autocast does for
+``F.linear`` (``concat_linear`` then adds its groups' products into an output of that dtype: one more
+rounding than a single GEMM).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear"]
+__all__ = ["concat_linear", "split_linear"]
 
 
-class _LinearGemvBiasGrad(torch.autograd.Function):
-    """``F.linear``; the backward takes the bias gradient as ``gradᵀ · ones`` (one GEMV)."""
+def _column_sums(rows: torch.Tensor) -> torch.Tensor:
+    """``rows.sum(0)`` of a (tokens, features) gradient, as one GEMV."""
+    return torch.mv(rows.t(), rows.new_ones(rows.shape[0]))
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., features) as (tokens, features)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])  # not -1: a group may have no features
+
+
+def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` written into acc by the GEMM itself (``addmm(out=acc)``, which FlopCounterMode
+    counts as the addmm it is; it does not count ``addmm_``), out of place where autograd records
+    (a double backward)."""
+    if torch.is_grad_enabled():
+        return torch.addmm(acc, a, b)
+    return torch.addmm(acc, a, b, out=acc)
+
+
+def _split_values(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: Sequence[int]
+) -> tuple[torch.Tensor, ...]:
+    biases = bias.split(sizes) if bias is not None else (None,) * len(sizes)
+    return tuple(F.linear(x, w, b) for w, b in zip(weight.split(sizes), biases, strict=True))
+
+
+def _concat_values(
+    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    weights = weight.split([x.shape[-1] for x in xs], dim=1)
+    out = F.linear(xs[0], weights[0], bias)
+    out_rows = _rows(out)  # a view: F.linear's output is contiguous
+    for x, w in zip(xs[1:], weights[1:], strict=True):
+        out_rows = _add_product(out_rows, _rows(x), w.t())
+    return out_rows.view(out.shape)
+
+
+class _SplitLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias).split(sizes, -1)``, one GEMM per group; see the module docstring."""
 
     @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def forward(ctx, x, weight, bias, sizes):  # noqa: ANN001, ANN205 (autograd.Function's signature)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
+        ctx.sizes, ctx.has_bias = tuple(sizes), bias is not None
+        return _split_values(x, weight, bias, sizes)
 
     @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, *grads):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad
-        rows = grad.reshape(-1, grad.shape[-1])  # (tokens, out_features)
-        grad_x = grad @ weight if need_x else None
-        grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if need_weight else None
-        grad_bias = None
+        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_rows = [_rows(g) for g in grads]
+        grad_x = grad_weight = grad_bias = None
+        if need_x:
+            weights = weight.split(ctx.sizes)
+            acc = torch.mm(grad_rows[0], weights[0])
+            for g, w in zip(grad_rows[1:], weights[1:], strict=True):
+                acc = _add_product(acc, g, w)  # the groups' sum inside the GEMMs
+            grad_x = acc.view(x.shape)
+        if need_weight:
+            x_rows = _rows(x)
+            grad_weight = torch.cat([g.t() @ x_rows for g in grad_rows])
         if ctx.has_bias and need_bias:
-            grad_bias = torch.mv(rows.t(), rows.new_ones(rows.shape[0]))
-        return grad_x, grad_weight, grad_bias
+            grad_bias = torch.cat([_column_sums(g) for g in grad_rows])
+        return grad_x, grad_weight, grad_bias, None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` (x: ``(..., in)``, weight: ``(out, in)``), with a GEMV bias gradient.
+class _ConcatLinear(torch.autograd.Function):
+    """``F.linear(torch.cat(xs, -1), weight, bias)`` without the concatenation; see the module docstring."""
 
-    Same values as ``F.linear``; the gradients are the same products, summed in another order for the
-    bias. Without autograd (no input needs a gradient) and under ``torch.jit.trace`` it is ``F.linear``
-    itself; under autocast its operands are cast to autocast's dtype first, as autocast does.
-    """
-    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    if not torch.is_grad_enabled() or not needs_grad or torch.jit.is_tracing():
-        return F.linear(x, weight, bias)  # a trace (fvcore, ONNX) records aten::linear, not a Python op
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Autocast's own rule for linear (all operands in its dtype), as graph ops outside the
-        # Function, so the backward gets its inputs and gradient in one dtype.
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            return _LinearGemvBiasGrad.apply(x, weight, bias)
-    return _LinearGemvBiasGrad.apply(x, weight, bias)
+    @staticmethod
+    def forward(ctx, weight, bias, *xs):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight, *xs)
+        ctx.has_bias = bias is not None
+        return _concat_values(xs, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, *xs = ctx.saved_tensors
+        need_weight, need_bias, *need_xs = ctx.needs_input_grad
+        rows = _rows(grad)
+        weights = weight.split([x.shape[-1] for x in xs], dim=1)
+        grad_xs = [grad @ w if need else None for w, need in zip(weights, need_xs, strict=True)]
+        grad_weight = torch.cat([rows.t() @ _rows(x) for x in xs], dim=1) if need_weight else None
+        grad_bias = _column_sums(rows) if ctx.has_bias and need_bias else None
+        return (grad_weight, grad_bias, *grad_xs)
+
+
+def _needs_function(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will need a backward (else, and under jit.trace, the plain F.linear calls run)."""
+    if not torch.is_grad_enabled() or torch.jit.is_tracing():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def split_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: Sequence[int]
+) -> tuple[torch.Tensor, ...]:
+    """``F.linear(x, weight, bias).split(sizes, -1)`` with contiguous parts (x: ``(..., in)``, weight:
+    ``(sum(sizes), in)``); the input gradient is summed inside the GEMMs, the bias gradient a GEMV."""
+    if sum(sizes) != weight.shape[0]:
+        raise ValueError(f"sizes {tuple(sizes)} do not add up to weight's {weight.shape[0]} output features")
+    if not _needs_function(x, weight, bias):
+        if torch.jit.is_tracing():  # one aten::linear, as the layer is declared (fvcore's count)
+            return tuple(F.linear(x, weight, bias).split(list(sizes), -1))
+        return _split_values(x, weight, bias, sizes)
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is not None:  # autocast's rule for linear, as graph ops outside the Function
+        with torch.autocast(x.device.type, enabled=False):
+            return _SplitLinear.apply(x.to(dtype), weight.to(dtype), _cast(bias, dtype), tuple(sizes))
+    return _SplitLinear.apply(x, weight, bias, tuple(sizes))
+
+
+def concat_linear(
+    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.linear(torch.cat(xs, -1), weight, bias)`` (xs: ``(..., in_i)``, weight: ``(out, sum(in_i))``)
+    without the concatenation; the groups' products are summed inside the GEMMs, the bias gradient a GEMV."""
+    if sum(x.shape[-1] for x in xs) != weight.shape[1]:
+        widths = tuple(x.shape[-1] for x in xs)
+        raise ValueError(f"input widths {widths} do not add up to weight's {weight.shape[1]} input features")
+    if not _needs_function(weight, bias, *xs):
+        if torch.jit.is_tracing():
+            return F.linear(torch.cat(list(xs), -1), weight, bias)
+        return _concat_values(xs, weight, bias)
+    dtype = _autocast_dtype(xs[0].device.type)
+    if dtype is not None:
+        with torch.autocast(xs[0].device.type, enabled=False):
+            return _ConcatLinear.apply(weight.to(dtype), _cast(bias, dtype), *(x.to(dtype) for x in xs))
+    return _ConcatLinear.apply(weight, bias, *xs)
