@@ -14,7 +14,7 @@ from visbench import cli, cpu_allocator, results
 
 # One "train step": tensors of 10.4 and 6.4 MB (the 1-D bodies' activations) and one of 40 MB (above
 # glibc's 32 MiB ceiling for its own mmap threshold), written, multiplied and freed, repeated. Prints the
-# page faults of the last 8 steps and the setting in force.
+# page faults of the median one of 8 steps and the setting in force.
 _STEPS_SCRIPT = """
 import json, resource, torch
 from visbench.cpu_allocator import keep_freed_memory
@@ -25,10 +25,12 @@ def step():
     del tensors, product
 for _ in range(4):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = sorted(faults)[len(faults) // 2]  # the median step: one step that grows the heap is not the rule
 print(json.dumps({"setting": setting, "faults": faults}))
 """
 _PAGES_PER_STEP = (2 * 2_600_000 + 1_600_000 + 10_000_000) * 4 // 4096  # 16406 pages touched per step
@@ -51,8 +53,8 @@ def _run_steps(**env: str) -> dict:
 def test_freed_blocks_are_reused_without_page_faults() -> None:
     system = _run_steps(**{cpu_allocator.OPT_OUT_VARIABLE: "1"})
     assert system["setting"].startswith("system default")
-    if system["faults"] < _PAGES_PER_STEP:
-        pytest.skip(f"this glibc reuses the blocks by itself ({system['faults']} faults in 8 steps)")
+    if system["faults"] < _PAGES_PER_STEP // 2:
+        pytest.skip(f"this glibc reuses the blocks by itself ({system['faults']} faults in a step)")
     kept = _run_steps()
     assert kept["setting"].startswith("glibc, freed memory kept"), kept
     # Every step faulted its pages in again under the system default; once the heap holds them, none do.

@@ -183,3 +183,13 @@ def test_a_jit_trace_records_aten_linear() -> None:
     graph = torch.jit.trace(Projections(), (torch.randn(3, 4),)).graph
     kinds = [node.kind() for node in graph.nodes()]
     assert kinds.count("aten::linear") == 2 and "prim::PythonOp" not in kinds
+
+
+def test_meta_tensors_have_shapes_only() -> None:
+    """Models are built on the meta device to count MACs: the ops must run there (autocast has no meta)."""
+    with torch.device("meta"):
+        x, w1, b1, w2 = (torch.empty(*s, requires_grad=True) for s in ((2, 5, 4), (6, 4), (6,), (3, 6)))
+        parts = split_linear(x, w1, b1, (2, 4))
+        out = concat_linear(parts, w2, None)
+    assert [p.shape for p in parts] == [(2, 5, 2), (2, 5, 4)] and out.shape == (2, 5, 3)
+    assert out.device.type == "meta"
