@@ -103,3 +103,17 @@ def test_the_visbench_command_applies_it_and_result_files_record_it(monkeypatch:
     expected = "system default (VISBENCH_SYSTEM_MALLOC is set)"
     assert cpu_allocator.allocator_setting() == expected
     assert results.environment_info("cpu")["environment"]["cpu_allocator"] == expected
+
+
+def test_worker_processes_take_the_setting_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench's isolated workers and the study's spawned workers do not run through the command."""
+    from visbench import bench, study
+
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: calls.append("bench"))
+    monkeypatch.setattr(study, "keep_freed_memory", lambda: calls.append("study"))
+    monkeypatch.setattr(bench, "measure_group", lambda members, size, **kwargs: [])
+    spec = {"members": [["gated_cnn_tiny", "none"]], "size": [32, 32], "kwargs": {}}
+    assert bench._worker(json.dumps(spec)) == 0
+    study._worker_init(None)
+    assert calls == ["bench", "study"]

@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visbench.cpu_allocator import keep_freed_memory
+
 AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 # --compile choice -> the engine as recorded in results (extra.engine).
 ENGINES = {
@@ -697,6 +699,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker(payload: str) -> int:
+    """A fresh process measuring one group: the allocator setting of the ``visbench`` command first."""
+    keep_freed_memory()
     spec = json.loads(payload)
     members = [tuple(m) for m in spec["members"]]
     print(json.dumps(measure_group(members, tuple(spec["size"]), **spec["kwargs"])))

@@ -48,6 +48,7 @@ from visbench.config import (
     deep_merge,
     load_yaml_with_bases,
 )
+from visbench.cpu_allocator import keep_freed_memory
 from visbench.resources import CONFIG_ROOT, resolve_config
 
 DEFAULT_CONFIG = CONFIG_ROOT / "study" / "default.yaml"
@@ -376,7 +377,9 @@ _RUNNERS: dict[str, Callable[[Job], tuple[str, str, str | None]]] = {
 
 
 def _worker_init(threads: int | None) -> None:
-    """A worker process: OpenMP / MKL / numba pools and torch sized to ``threads`` before torch loads."""
+    """A worker process: the allocator setting of the ``visbench`` command (a spawned process does not
+    inherit it), and OpenMP / MKL / numba pools and torch sized to ``threads`` before torch loads."""
+    keep_freed_memory()
     if threads:
         os.environ.update(
             {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
