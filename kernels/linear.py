@@ -119,11 +119,9 @@ class _ConcatLinear(torch.autograd.Function):
         return (grad_weight, grad_bias, *grad_xs)
 
 
-def _needs_function(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd will need a backward (else, and under jit.trace, the plain F.linear calls run)."""
-    if not torch.is_grad_enabled() or torch.jit.is_tracing():
-        return False
-    return any(t is not None and t.requires_grad for t in tensors)
+def _needs_backward(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will need a backward of these inputs (else the plain F.linear calls run)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -144,9 +142,9 @@ def split_linear(
     ``(sum(sizes), in)``); the input gradient is summed inside the GEMMs, the bias gradient a GEMV."""
     if sum(sizes) != weight.shape[0]:
         raise ValueError(f"sizes {tuple(sizes)} do not add up to weight's {weight.shape[0]} output features")
-    if not _needs_function(x, weight, bias):
-        if torch.jit.is_tracing():  # one aten::linear, as the layer is declared (fvcore's count)
-            return tuple(F.linear(x, weight, bias).split(list(sizes), -1))
+    if torch.jit.is_tracing():  # one aten::linear, as the layer is declared (fvcore's count, ONNX)
+        return tuple(F.linear(x, weight, bias).split(list(sizes), -1))
+    if not _needs_backward(x, weight, bias):
         return _split_values(x, weight, bias, sizes)
     dtype = _autocast_dtype(x.device.type)
     if dtype is not None:  # autocast's rule for linear, as graph ops outside the Function
@@ -163,9 +161,9 @@ def concat_linear(
     if sum(x.shape[-1] for x in xs) != weight.shape[1]:
         widths = tuple(x.shape[-1] for x in xs)
         raise ValueError(f"input widths {widths} do not add up to weight's {weight.shape[1]} input features")
-    if not _needs_function(weight, bias, *xs):
-        if torch.jit.is_tracing():
-            return F.linear(torch.cat(list(xs), -1), weight, bias)
+    if torch.jit.is_tracing():
+        return F.linear(torch.cat(list(xs), -1), weight, bias)
+    if not _needs_backward(weight, bias, *xs):
         return _concat_values(xs, weight, bias)
     dtype = _autocast_dtype(xs[0].device.type)
     if dtype is not None:

@@ -3,9 +3,9 @@
 PyTorch allocates CPU tensors with the C library's ``malloc`` and has no caching allocator on CPU. glibc's
 ``malloc`` gives large blocks back to the kernel when they are freed (``munmap``, or trimming the top of
 the heap), so the next step's tensors of the same sizes come back as fresh pages: one page fault and one
-page zeroed by the kernel per 4 KiB touched. On the 1-D bodies (batch 64, 784 tokens) that was 17-31
-thousand faults per train step, and the gated CNN's step took 190-250 ms instead of 105-115 ms; its
-element-wise products ran at a fifth of their speed in a warm loop.
+page zeroed by the kernel per 4 KiB touched. On the 1-D bodies (batch 64, 784 tokens) that was 15-58
+thousand faults per train step, and the gated CNN's step took 115-130 ms instead of 96-103 ms (README,
+*CPU memory allocator*); its element-wise products ran at a fifth of their speed in a warm loop.
 
 :func:`keep_freed_memory` sets glibc's ``mmap`` and trim thresholds (``mallopt``) high, so freed blocks
 stay in the heap and are reused, as a caching allocator does (and as the jemalloc settings of
