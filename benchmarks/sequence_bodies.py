@@ -12,14 +12,13 @@ tree's median over runs plus its ratio to the first tree. The host moves between
 alternate several runs (``--runs``). A tree is a checkout of this repository (``git worktree add DIR
 COMMIT``); its packages are imported from it even though the environment holds an editable install
 of this checkout (which would otherwise supply ``visbench.kernels`` and ``visbench.backbones``).
-``--keep-freed-memory`` applies the allocator setting (``visbench.cpu_allocator``) by ``mallopt``
-before torch loads, so commits older than that module can be timed with it too.
+``--keep-freed-memory`` applies this checkout's allocator setting (``visbench/cpu_allocator.py``) in
+every worker before torch loads, so commits older than that module can be timed with it too.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.abc
 import importlib.util
 import json
@@ -44,7 +43,6 @@ PACKAGE_DIRS = {
     "visbench.backbones": "backbones",
     "visbench.configs": "configs",
 }
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 class _TreeFinder(importlib.abc.MetaPathFinder):
@@ -71,12 +69,19 @@ def _import_from(tree: Path) -> None:
     sys.meta_path.insert(0, _TreeFinder(tree))
 
 
+def _keep_freed_memory() -> str:
+    """This checkout's allocator setting, its module (stdlib only) loaded by path: no ``visbench`` package
+    may be imported before the tree is chosen, and the tree may predate the module."""
+    path = Path(__file__).resolve().parents[1] / "visbench" / "cpu_allocator.py"
+    spec = importlib.util.spec_from_file_location("_sequence_bodies_cpu_allocator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.keep_freed_memory()
+
+
 def _worker(args: argparse.Namespace) -> int:
     tree = Path(args.tree).resolve()
-    if args.keep_freed_memory:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 << 30)
+    allocator = _keep_freed_memory() if args.keep_freed_memory else "system default"
     _import_from(tree)
     import timm
     import torch
@@ -118,7 +123,7 @@ def _worker(args: argparse.Namespace) -> int:
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(json.dumps({"tree": str(tree), "commit": commit, "median_s": medians}))
+    print(json.dumps({"tree": str(tree), "commit": commit, "allocator": allocator, "median_s": medians}))
     return 0
 
 
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     header = "| model | " + " | ".join(f"`{commits[t]}`" for t in trees)
     header += "".join(f" | `{commits[first]}` / `{commits[t]}`" for t in trees[1:]) + " |"
     print(header)
-    print("|---" * (1 + 2 * len(trees) - 1) + "|")
+    print("|---" * (2 * len(trees)) + "|")  # the model, one time per tree, one ratio per later tree
     for name in args.models:
         cells = [f"{statistics.median(results[t][name]) * 1e3:.1f} ms" for t in trees]
         ratios = [

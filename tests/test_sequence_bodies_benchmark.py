@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "sequence_bodies.py"
@@ -25,6 +28,17 @@ def test_worker_times_every_body_from_this_tree():
     assert record["tree"] == str(ROOT)
     assert set(record["median_s"]) == set(models.split(","))
     assert all(seconds > 0 for seconds in record["median_s"].values())
+    assert record["allocator"] == "system default"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's mallopt")
+def test_worker_keeps_freed_memory_with_this_checkouts_setting():
+    done = _run(
+        "--worker", "--tree", str(ROOT), "--models", "seq_gated_cnn_tiny", "--keep-freed-memory", *TINY
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["allocator"].startswith("glibc, freed memory kept"), record["allocator"]
 
 
 def test_worker_imports_the_given_tree_not_the_installed_one(tmp_path):
@@ -39,7 +53,7 @@ def test_worker_imports_the_given_tree_not_the_installed_one(tmp_path):
     assert "the fake tree was imported" in done.stderr
 
 
-def test_table_compares_trees(tmp_path):
+def test_table_compares_trees():
     done = _run("--trees", f"{ROOT},{ROOT}", "--runs", "1", "--models", "seq_gated_cnn_tiny", *TINY)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
